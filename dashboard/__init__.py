@@ -1,0 +1,1 @@
+"""entmon dashboard (Streamlit): talks to the monitor API only, never to Redis."""

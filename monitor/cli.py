@@ -1,0 +1,113 @@
+"""The `entmon` command: serve, dashboard, demo, replay."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_PORT = 8000
+DEFAULT_DASHBOARD_PORT = 8501
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from monitor.main import create_app
+    from monitor.settings import Settings
+
+    settings = Settings()
+    if not settings.auth_enabled and not _is_loopback(args.host):
+        print(
+            f"entmon serve: refusing to bind {args.host} with no tokens configured (open access). "
+            "Set ENTMON_INGEST_TOKENS / ENTMON_ADMIN_TOKENS, or bind 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def dashboard_command(port: int) -> list[str]:
+    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+    return [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.port", str(port),
+        "--server.address", "127.0.0.1",
+        "--server.headless", "true",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    os.environ.setdefault("ENTMON_URL", f"http://127.0.0.1:{DEFAULT_PORT}")
+    command = dashboard_command(args.port)
+    os.execv(command[0], command)  # replaces this process: Ctrl-C goes straight to Streamlit
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from monitor.demo import run_demo
+
+    return run_demo(
+        steps=args.steps, headless=args.headless, port=args.port, dashboard_port=args.dashboard_port
+    )
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    print("entmon replay: not yet implemented (arrives with the client transport)", file=sys.stderr)
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="entmon", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser(
+        "serve", help="run the monitor API (embedded Redis unless ENTMON_REDIS_URL)"
+    )
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    dash = sub.add_parser("dashboard", help="run the Streamlit dashboard (API at ENTMON_URL)")
+    dash.add_argument("--port", type=int, default=DEFAULT_DASHBOARD_PORT)
+    dash.set_defaults(func=cmd_dashboard)
+
+    demo = sub.add_parser("demo", help="embedded Redis + monitor + dashboard + a live run")
+    demo.add_argument("--headless", action="store_true", help="no browser; exit 0 when done")
+    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--port", type=int, default=DEFAULT_PORT)
+    demo.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT)
+    demo.set_defaults(func=cmd_demo)
+
+    replay = sub.add_parser("replay", help="upload a client spool file")
+    replay.add_argument("file", type=Path)
+    replay.set_defaults(func=cmd_replay)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

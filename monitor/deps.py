@@ -1,0 +1,39 @@
+"""FastAPI dependencies as `Annotated` aliases, in one place."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+
+from monitor.auth import Principal, Role, authenticate
+from monitor.schemas import RUN_ID_PATTERN
+from monitor.settings import Settings
+from monitor.store import Store
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]
+
+
+def _reader(request: Request, settings: SettingsDep) -> Principal:
+    return authenticate(request, settings, Role.INGEST)
+
+
+def _admin(request: Request, settings: SettingsDep) -> Principal:
+    return authenticate(request, settings, Role.ADMIN)
+
+
+Reader = Annotated[Principal, Depends(_reader)]  # ingest tokens read and write reports
+Admin = Annotated[Principal, Depends(_admin)]
+RunPath = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="run id: [A-Za-z0-9._-]{1,128}")]

@@ -1,0 +1,87 @@
+"""Builds the FastAPI app. The lifespan owns the Redis pool (and the embedded Redis, if any)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from monitor.embedded_redis import EmbeddedRedis
+from monitor.metrics import REPORTS_REJECTED
+from monitor.middleware import LimitsAndTiming
+from monitor.routers import health, metrics, reports, runs
+from monitor.settings import Settings
+from monitor.store import Store
+
+log = logging.getLogger("monitor")
+RETRY_AFTER_S = 5
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        embedded = None
+        url = settings.redis_url
+        if url is None:
+            embedded = EmbeddedRedis(
+                settings.data_dir / "redis", appendfsync=settings.redis_appendfsync
+            )
+            await asyncio.to_thread(embedded.start)
+            url = embedded.url
+        if not settings.auth_enabled:
+            log.warning(
+                "NO TOKENS CONFIGURED: open access, anyone who reaches this port may write reports "
+                "and change controls. Set ENTMON_INGEST_TOKENS / ENTMON_ADMIN_TOKENS."
+            )
+        redis = Redis.from_url(
+            url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            health_check_interval=30,
+            decode_responses=True,
+        )
+        app.state.settings = settings
+        app.state.store = Store(redis, retention_steps=settings.retention_steps)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+
+    app = FastAPI(
+        title="entmon",
+        version="0.1.0",
+        summary="Live entropy monitoring and Clip-Cov / KL-Cov control for RL of language models",
+        lifespan=lifespan,
+    )
+    app.add_middleware(LimitsAndTiming, max_body_bytes=settings.max_body_bytes)
+    for router in (health.router, metrics.router, reports.router, runs.router):
+        app.include_router(router)
+
+    @app.exception_handler(RedisError)
+    async def redis_unavailable(request: Request, exc: RedisError) -> Response:
+        log.warning("redis unavailable: %s", type(exc).__name__)
+        return JSONResponse(
+            {"detail": "storage unavailable, retry later (the client spools meanwhile)"},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.endswith("/reports"):
+            REPORTS_REJECTED.labels("invalid").inc()
+        return await request_validation_exception_handler(request, exc)
+
+    return app

@@ -1,0 +1,94 @@
+"""Merging the reports of one step from several ranks (pure functions).
+
+Counts add, cov_max takes the max, standard deviations pool (within plus between ranks), every
+other statistic is a mean weighted by the rank's token count (equal weights when a rank did not
+send `tokens`). NaN propagates: a diverged rank makes the merged statistic NaN, never hidden.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from monitor.schemas import COUNT_STATS, MAX_STATS
+
+# std statistic -> the mean it is pooled around
+POOLED_STDS = {"cov_std": "cov_mean", "adv_std": "adv_mean"}
+
+
+def merge_stats(ranks: Sequence[Mapping[str, float | int | None]]) -> dict[str, float | int | None]:
+    weights = [_weight(r) for r in ranks]
+    names = {k for r in ranks for k in r}
+    merged: dict[str, float | int | None] = {}
+    for name in sorted(names):
+        present = [
+            (r[name], w) for r, w in zip(ranks, weights, strict=True) if r.get(name) is not None
+        ]
+        values = [v for v, _ in present]
+        if not present:
+            merged[name] = None
+        elif name in COUNT_STATS:
+            merged[name] = sum(values)  # type: ignore[arg-type]
+        elif name in MAX_STATS:
+            merged[name] = math.nan if any(_isnan(v) for v in values) else max(values)  # type: ignore[type-var]
+        elif name in POOLED_STDS:
+            merged[name] = _pooled_std(ranks, weights, name, POOLED_STDS[name])
+        else:
+            merged[name] = _weighted_mean(present)
+    return merged
+
+
+def merge_user(ranks: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    names = {k for r in ranks for k in r}
+    return {k: _weighted_mean([(r[k], 1.0) for r in ranks if k in r]) for k in sorted(names)}
+
+
+def merge_counts(histograms: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Add histograms of one layout; None when given none."""
+    merged: dict[str, Any] | None = None
+    for h in histograms:
+        if merged is None:
+            merged = {
+                "layout": h["layout"],
+                "counts": list(h["counts"]),
+                "nonfinite": h["nonfinite"],
+            }
+            continue
+        if h["layout"] != merged["layout"]:
+            raise ValueError(f"cannot merge layouts {merged['layout']} and {h['layout']}")
+        merged["counts"] = [a + b for a, b in zip(merged["counts"], h["counts"], strict=True)]
+        merged["nonfinite"] += h["nonfinite"]
+    return merged
+
+
+def _weight(stats: Mapping[str, float | int | None]) -> float:
+    tokens = stats.get("tokens")
+    return float(tokens) if tokens else 1.0
+
+
+def _isnan(value: float | int | None) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _weighted_mean(pairs: Sequence[tuple[Any, float]]) -> float:
+    total = sum(w for _, w in pairs)
+    return sum(float(v) * w for v, w in pairs) / total
+
+
+def _pooled_std(
+    ranks: Sequence[Mapping[str, float | int | None]], weights: Sequence[float], std: str, mean: str
+) -> float | None:
+    rows = [
+        (float(r[std]), float(r[mean]), w)  # type: ignore[arg-type]
+        for r, w in zip(ranks, weights, strict=True)
+        if r.get(std) is not None and r.get(mean) is not None
+    ]
+    if not rows:  # a std without its mean cannot be pooled; fall back to the weighted mean
+        return _weighted_mean(
+            [(r[std], w) for r, w in zip(ranks, weights, strict=True) if r.get(std) is not None]
+        )
+    total = sum(w for *_, w in rows)
+    grand = sum(m * w for _, m, w in rows) / total
+    var = sum(w * (s * s + (m - grand) ** 2) for s, m, w in rows) / total
+    return math.sqrt(var)  # NaN stays NaN

@@ -1,0 +1,203 @@
+"""Wire schemas (pydantic v2): what the client sends and what the API answers.
+
+Non-finite statistics are legal input (NaN entropy means the run diverged) and are written back
+as the JSON strings "NaN", "Infinity", "-Infinity" so every response stays valid JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    model_validator,
+)
+
+from monitor.control_rules import (
+    DEFAULTS,
+    control_errors,
+)
+from monitor.layouts import HISTOGRAM_LAYOUTS, LAYOUTS, bucket_count
+
+RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+RunId = Annotated[str, StringConstraints(pattern=RUN_ID_PATTERN)]
+MAX_BUCKETS = 512
+MAX_TOP_TOKENS = 64
+MAX_USER_SCALARS = 128
+MAX_REPORTS_PER_REQUEST = 1024
+
+# Statistics that add across ranks; every other statistic is a token-weighted mean except
+# cov_max (max). Kept here because the service's merge and the docs both follow it.
+COUNT_STATS = ("tokens", "candidates", "detached", "penalised", "client_drops")
+MAX_STATS = ("cov_max",)
+
+
+def _json_number(value: float | int | None) -> float | int | str | None:
+    """Non-finite floats as the strings "NaN", "Infinity", "-Infinity" (strict JSON has none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+# A statistic in a response: any number, NaN and infinities included, always valid JSON.
+Stat = Annotated[float | int | None, PlainSerializer(_json_number)]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
+
+
+class StepStats(_Wire):
+    """Scalars of one step on one rank; every field optional (send what you computed)."""
+
+    entropy: float | None = Field(None, description="mean token entropy over response tokens, nats")
+    logp_mean: float | None = Field(None, description="mean log-prob of response tokens")
+    adv_mean: float | None = None
+    adv_std: float | None = None
+    cov_mean: float | None = Field(None, description="mean per-token Cov(logp, A)")
+    cov_std: float | None = None
+    cov_max: float | None = None
+    cov_top_concentration: float | None = Field(
+        None, description="mean covariance of the top 0.02% tokens over the overall mean"
+    )
+    tokens: int | None = Field(None, ge=0, description="valid (response-mask) tokens")
+    candidates: int | None = Field(None, ge=0, description="Clip-Cov candidates inside (lb, ub)")
+    detached: int | None = Field(None, ge=0, description="tokens detached by Clip-Cov")
+    penalised: int | None = Field(None, ge=0, description="tokens penalised by KL-Cov")
+    abs_log_ratio_mean: float | None = Field(None, description="mean |logp - old_logp|, all tokens")
+    penalised_abs_log_ratio_mean: float | None = Field(
+        None, description="mean |logp - old_logp| over KL-Cov penalised tokens"
+    )
+    ppo_clip_frac: float | None = None
+    policy_loss: float | None = None
+    reward: float | None = Field(None, description="mean reward or accuracy: the R of the law")
+    response_length: float | None = None
+    client_drops: int | None = Field(None, ge=0, description="reports the client had to drop")
+
+
+class Histogram(_Wire):
+    layout: str = Field(description="bucket layout name, see monitor/layouts.py")
+    counts: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_BUCKETS)
+    nonfinite: int = Field(0, ge=0, description="NaN values, which belong to no bucket")
+
+    @model_validator(mode="after")
+    def _layout_matches(self) -> Histogram:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout: unknown layout {self.layout!r}; known: {sorted(LAYOUTS)}")
+        expected = bucket_count(self.layout)
+        if len(self.counts) != expected:
+            raise ValueError(
+                f"counts: layout {self.layout} has {expected} buckets, got {len(self.counts)}"
+            )
+        return self
+
+
+class TopToken(_Wire):
+    cov: float
+    logp: float
+    advantage: float
+    entropy: float | None = None
+    token_id: int | None = None
+    position: int | None = None
+    text: str | None = Field(None, max_length=256)
+
+
+class StepReport(_Wire):
+    """One training step on one rank. Idempotent per (run, rank, step)."""
+
+    step: int = Field(ge=0)
+    rank: int = Field(0, ge=0)
+    world_size: int = Field(1, ge=1)
+    time: float | None = Field(None, description="unix time the client logged the step")
+    control_version: int | None = Field(None, ge=0, description="control version applied")
+    stats: StepStats = Field(default_factory=StepStats)
+    user: dict[Annotated[str, StringConstraints(max_length=128)], float] = Field(
+        default_factory=dict, max_length=MAX_USER_SCALARS, description="free-form user scalars"
+    )
+    histograms: dict[str, Histogram] = Field(default_factory=dict)
+    top_tokens: list[TopToken] = Field(default_factory=list, max_length=MAX_TOP_TOKENS)
+
+    @model_validator(mode="after")
+    def _histogram_names(self) -> StepReport:
+        for name, hist in self.histograms.items():
+            want = HISTOGRAM_LAYOUTS.get(name)
+            if want is None:
+                raise ValueError(
+                    f"histograms.{name}: unknown histogram; known: {HISTOGRAM_LAYOUTS}"
+                )
+            if hist.layout != want:
+                raise ValueError(f"histograms.{name}: must use layout {want}, got {hist.layout}")
+        return self
+
+    def nonfinite_fields(self) -> list[str]:
+        """Names of statistics that are NaN or infinite: the run diverged."""
+        bad = [k for k, v in self.stats.model_dump().items() if _nonfinite(v)]
+        bad += [f"user.{k}" for k, v in self.user.items() if _nonfinite(v)]
+        bad += [f"histograms.{k}" for k, h in self.histograms.items() if h.nonfinite]
+        return bad
+
+
+def _nonfinite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+class Control(_Wire):
+    """The live knobs of a run (verl names) and their version."""
+
+    loss_mode: Literal["vanilla", "clip_cov", "kl_cov"] = DEFAULTS["loss_mode"]
+    clip_cov_ratio: float = DEFAULTS["clip_cov_ratio"]
+    clip_cov_lb: float = DEFAULTS["clip_cov_lb"]
+    clip_cov_ub: float = DEFAULTS["clip_cov_ub"]
+    kl_cov_ratio: float = DEFAULTS["kl_cov_ratio"]
+    ppo_kl_coef: float = DEFAULTS["ppo_kl_coef"]
+    clip_ratio_low: float = DEFAULTS["clip_ratio_low"]
+    clip_ratio_high: float = DEFAULTS["clip_ratio_high"]
+    version: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _valid(self) -> Control:
+        errors = control_errors(self.model_dump(exclude={"version"}))
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+
+class IngestResponse(_Wire):
+    accepted: int = Field(description="reports stored for the first time")
+    duplicates: int = Field(description="reports already stored for that (rank, step)")
+    nonfinite: list[str] = Field(description="non-finite statistics seen: the run diverged")
+    control: Control
+
+
+class StepPoint(_Wire):
+    """One step merged over the ranks that reported it."""
+
+    step: int
+    ranks: int
+    time: float | None = None
+    control_version: int | None = None
+    stats: dict[str, Stat]
+    user: dict[str, Stat] = Field(default_factory=dict)
+
+
+class StepsResponse(_Wire):
+    run: str
+    steps: list[StepPoint]
+
+
+class RunSummary(_Wire):
+    run: str
+    first_step: int | None
+    last_step: int | None
+    last_report_time: float | None
+    reports: int
+    latest: StepPoint | None = None
+
+
+class RunsResponse(_Wire):
+    runs: list[RunSummary]

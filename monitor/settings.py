@@ -1,0 +1,64 @@
+"""Service configuration: one pydantic-settings class, environment prefix ENTMON_."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "changethis", "secret", "token", "admin"})
+DEFAULT_DATA_DIR = Path.home() / ".entmon"
+ONE_MIB = 1 << 20
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENTMON_", extra="ignore")
+
+    redis_url: str | None = Field(
+        None, description="Redis to use; unset starts the embedded redis-server under data_dir"
+    )
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="embedded Redis append-only files")
+    ingest_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated tokens that may write reports and read"
+    )
+    admin_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated tokens that may also change controls"
+    )
+    environment: Literal["development", "production"] = "development"
+    redis_timeout_s: float = Field(2.0, gt=0, description="socket timeout of Redis commands")
+    redis_appendfsync: Literal["always", "everysec"] = Field(
+        "always", description="embedded Redis fsync policy: 'always' loses no acknowledged report"
+    )
+    retention_steps: int = Field(100_000, ge=1, description="steps kept per run")
+    stale_after_s: float = Field(
+        3600.0, gt=0, description="runs silent this long leave /metrics (they stay queryable)"
+    )
+    max_body_bytes: int = Field(ONE_MIB, ge=1024)
+
+    @field_validator("ingest_tokens", "admin_tokens", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _no_placeholders_in_production(self) -> Settings:
+        if self.environment != "development":
+            weak = [t for t in self.ingest_tokens + self.admin_tokens if _is_placeholder(t)]
+            if weak:
+                raise ValueError(
+                    "ENTMON_INGEST_TOKENS / ENTMON_ADMIN_TOKENS hold a placeholder or short token; "
+                    "set real secrets (at least 16 characters) outside development"
+                )
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.ingest_tokens or self.admin_tokens)
+
+
+def _is_placeholder(token: str) -> bool:
+    return token.lower() in PLACEHOLDER_SECRETS or len(token) < 16

@@ -1,0 +1,178 @@
+"""The Redis data model (see monitor/DATA_MODEL.md) and every read and write of it."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from monitor.merge import merge_counts, merge_stats, merge_user
+from monitor.schemas import Control, StepPoint, StepReport
+
+RUNS_KEY = "entmon:runs"  # zset run -> last report time; the only key shared across runs
+INGEST_SCRIPT = files("monitor").joinpath("ingest.lua").read_text()
+
+
+@dataclass(frozen=True)
+class RunKeys:
+    """Every key of one run carries the hash tag {run}: one Redis Cluster slot per run."""
+
+    index: str
+    scalars: str
+    details: str
+    meta: str
+    control: str
+    audit: str
+
+    @classmethod
+    def of(cls, run: str) -> RunKeys:
+        p = f"entmon:{{{run}}}:"
+        return cls(
+            p + "index", p + "scalars", p + "details", p + "meta", p + "control", p + "audit"
+        )
+
+
+def _field(step: int, rank: int) -> str:
+    return f"{step}:{rank}"
+
+
+def _scalars_doc(report: StepReport) -> str:
+    stats = {k: v for k, v in report.stats.model_dump().items() if v is not None}
+    doc = {
+        "step": report.step,
+        "rank": report.rank,
+        "world_size": report.world_size,
+        "time": report.time,
+        "control_version": report.control_version,
+        "stats": stats,
+        "user": report.user,
+    }
+    return json.dumps(doc)  # NaN stays NaN inside Redis; the API writes it as "NaN"
+
+
+def _details_doc(report: StepReport) -> str:
+    return json.dumps(
+        {
+            "histograms": {k: h.model_dump() for k, h in report.histograms.items()},
+            "top_tokens": [t.model_dump() for t in report.top_tokens],
+        }
+    )
+
+
+class Store:
+    def __init__(self, redis: Redis, *, retention_steps: int) -> None:
+        self.redis = redis
+        self.retention_steps = retention_steps
+        self._ingest = redis.register_script(INGEST_SCRIPT)
+
+    async def ingest(self, run: str, reports: list[StepReport]) -> list[bool]:
+        """Store reports; per report True if new, False if (rank, step) was already stored."""
+        k = RunKeys.of(run)
+        now = time.time()
+        args: list[Any] = [now, self.retention_steps]
+        for r in reports:
+            s = r.stats
+            args += [_field(r.step, r.rank), r.step, _scalars_doc(r), _details_doc(r)]
+            args += [s.tokens or 0, s.detached or 0, s.penalised or 0, s.client_drops or 0]
+        flags = await self._ingest(keys=[k.index, k.scalars, k.details, k.meta], args=args)
+        await self.redis.zadd(RUNS_KEY, {run: now})
+        return [bool(f) for f in flags]
+
+    # The pool decodes responses (decode_responses=True): every reply below is str.
+    async def _scored(self, key: str, lo: float, hi: float) -> list[tuple[str, float]]:
+        rows = await self.redis.zrangebyscore(key, _bound(lo), _bound(hi), withscores=True)
+        return cast(list[tuple[str, float]], rows)
+
+    async def _hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        return cast(list[str | None], await self.redis.hmget(key, fields)) if fields else []
+
+    async def run_names(self) -> list[str]:
+        return cast(list[str], await self.redis.zrevrange(RUNS_KEY, 0, -1))
+
+    async def active_runs(self, stale_after_s: float) -> list[str]:
+        rows = await self._scored(RUNS_KEY, time.time() - stale_after_s, math.inf)
+        return [run for run, _ in rows]
+
+    async def meta(self, run: str) -> dict[str, str]:
+        return cast(dict[str, str], await self.redis.hgetall(RunKeys.of(run).meta))
+
+    async def step_numbers(
+        self, run: str, start: float = -math.inf, end: float = math.inf
+    ) -> list[int]:
+        rows = await self._scored(RunKeys.of(run).index, start, end)
+        return sorted({int(score) for _, score in rows})
+
+    async def steps(
+        self, run: str, start: float = -math.inf, end: float = math.inf, *, every: int = 1
+    ) -> list[StepPoint]:
+        """Merged steps in [start, end], keeping every `every`-th step (and always the last)."""
+        k = RunKeys.of(run)
+        by_step: dict[int, list[str]] = defaultdict(list)
+        for field, score in await self._scored(k.index, start, end):
+            by_step[int(score)].append(field)
+        numbers = sorted(by_step)
+        keep = numbers[::every]
+        if numbers and keep[-1] != numbers[-1]:
+            keep.append(numbers[-1])
+        fields = [f for s in keep for f in by_step[s]]
+        docs = await self._hmget(k.scalars, fields)
+        grouped: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for raw in docs:
+            if raw is not None:  # trimmed by retention between the two reads
+                doc = json.loads(raw)
+                grouped[doc["step"]].append(doc)
+        return [_merge_step(grouped[s]) for s in keep if grouped[s]]
+
+    async def latest(self, run: str) -> StepPoint | None:
+        last = await self.redis.zrevrangebyscore(
+            RunKeys.of(run).index, "+inf", "-inf", start=0, num=1, withscores=True
+        )
+        if not last:
+            return None
+        step = int(cast(list[tuple[str, float]], last)[0][1])
+        points = await self.steps(run, step, step)
+        return points[0] if points else None
+
+    async def histograms(self, run: str, step: int) -> dict[str, dict[str, Any]]:
+        """Histograms of one step, added over ranks."""
+        k = RunKeys.of(run)
+        fields = [f for f, _ in await self._scored(k.index, step, step)]
+        docs = await self._hmget(k.details, fields)
+        by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for raw in docs:
+            if raw is not None:
+                for name, h in json.loads(raw)["histograms"].items():
+                    by_name[name].append(h)
+        return {name: merged for name, hs in by_name.items() if (merged := merge_counts(hs))}
+
+    async def control(self, run: str) -> Control:
+        raw = cast(str | None, await self.redis.get(RunKeys.of(run).control))
+        return Control.model_validate_json(raw) if raw else Control()
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+
+def _bound(x: float) -> str | float:
+    if math.isinf(x):
+        return "+inf" if x > 0 else "-inf"
+    return x
+
+
+def _merge_step(docs: list[dict[str, Any]]) -> StepPoint:
+    versions = [d["control_version"] for d in docs if d.get("control_version") is not None]
+    times = [d["time"] for d in docs if d.get("time") is not None]
+    return StepPoint(
+        step=docs[0]["step"],
+        ranks=len(docs),
+        time=max(times) if times else None,
+        control_version=min(versions) if versions else None,  # applied by every rank
+        stats=merge_stats([d["stats"] for d in docs]),
+        user=merge_user([d["user"] for d in docs]),
+    )
