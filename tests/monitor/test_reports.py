@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import math
+
+from fastapi.testclient import TestClient
+
+from monitor.layouts import ENTROPY_LAYOUT, bucket_count
+
+
+def report(step: int, rank: int = 0, **stats: object) -> dict[str, object]:
+    return {"step": step, "rank": rank, "stats": {"tokens": 100, **stats}}
+
+
+def test_ingest_then_query_round_trip(api: TestClient) -> None:
+    r = api.post("/v1/runs/r1/reports", json=[report(0, entropy=1.5), report(1, entropy=1.2)])
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["accepted"], body["duplicates"]) == (2, 0)
+    assert body["control"]["version"] == 0
+    steps = api.get("/v1/runs/r1/steps").json()["steps"]
+    assert [(s["step"], s["stats"]["entropy"]) for s in steps] == [(0, 1.5), (1, 1.2)]
+
+
+def test_single_report_body_is_accepted(api: TestClient) -> None:
+    assert api.post("/v1/runs/r1/reports", json=report(3, entropy=1.0)).json()["accepted"] == 1
+
+
+def test_resending_a_step_is_idempotent(api: TestClient) -> None:
+    api.post("/v1/runs/r1/reports", json=report(0, entropy=1.5))
+    again = api.post("/v1/runs/r1/reports", json=report(0, entropy=9.9)).json()
+    assert (again["accepted"], again["duplicates"]) == (0, 1)
+    steps = api.get("/v1/runs/r1/steps").json()["steps"]
+    assert [s["stats"]["entropy"] for s in steps] == [1.5]  # the first write stands
+    assert api.get("/v1/runs/r1").json()["reports"] == 1
+
+
+def test_ranks_of_a_step_merge_weighted_by_tokens(api: TestClient) -> None:
+    api.post(
+        "/v1/runs/r1/reports",
+        json=[
+            {"step": 0, "rank": 0, "stats": {"entropy": 1.0, "tokens": 100, "detached": 1}},
+            {"step": 0, "rank": 1, "stats": {"entropy": 2.0, "tokens": 300, "detached": 2}},
+        ],
+    )
+    (point,) = api.get("/v1/runs/r1/steps").json()["steps"]
+    assert point["ranks"] == 2
+    assert point["stats"]["tokens"] == 400
+    assert point["stats"]["detached"] == 3
+    assert math.isclose(point["stats"]["entropy"], 1.75)
+
+
+def test_nonfinite_statistics_are_stored_and_flagged(api: TestClient) -> None:
+    body = api.post("/v1/runs/r1/reports", json=report(0, entropy="NaN", reward="Infinity")).json()
+    assert body["accepted"] == 1
+    assert body["nonfinite"] == ["step 0: entropy", "step 0: reward"]
+    (point,) = api.get("/v1/runs/r1/steps").json()["steps"]
+    assert point["stats"]["entropy"] == "NaN"
+    assert point["stats"]["reward"] == "Infinity"
+
+
+def test_steps_range_and_downsampling(api: TestClient) -> None:
+    api.post("/v1/runs/r1/reports", json=[report(s, entropy=float(s)) for s in range(100)])
+    ranged = api.get("/v1/runs/r1/steps", params={"start": 10, "end": 19}).json()["steps"]
+    assert [s["step"] for s in ranged] == list(range(10, 20))
+    sampled = api.get("/v1/runs/r1/steps", params={"max_points": 10}).json()["steps"]
+    assert len(sampled) <= 10
+    assert sampled[0]["step"] == 0 and sampled[-1]["step"] == 99
+    every = api.get("/v1/runs/r1/steps", params={"every": 25}).json()["steps"]
+    assert [s["step"] for s in every] == [0, 25, 50, 75, 99]
+
+
+def test_invalid_run_id_is_rejected_naming_it(api: TestClient) -> None:
+    r = api.post("/v1/runs/bad%20run/reports", json=report(0))
+    assert r.status_code == 422
+    assert "run" in r.text
+
+
+def test_wrong_bucket_count_is_rejected_naming_the_field(api: TestClient) -> None:
+    bad = {"step": 0, "histograms": {"entropy": {"layout": ENTROPY_LAYOUT, "counts": [1, 2]}}}
+    r = api.post("/v1/runs/r1/reports", json=bad)
+    assert r.status_code == 422
+    assert f"has {bucket_count(ENTROPY_LAYOUT)} buckets, got 2" in r.text
+    assert api.get("/v1/runs/r1").status_code == 404  # nothing half-stored
+
+
+def test_body_over_the_limit_is_413(api: TestClient) -> None:
+    big = [report(s, entropy=1.0) for s in range(20_000)]
+    assert api.post("/v1/runs/r1/reports", json=big).status_code == 413
+
+
+def test_unknown_run_is_404(api: TestClient) -> None:
+    assert api.get("/v1/runs/nope").status_code == 404
+    assert api.get("/v1/runs/nope/steps").status_code == 404
