@@ -167,6 +167,45 @@ class Control(_Wire):
         return self
 
 
+class ControlUpdate(_Wire):
+    """A change of some knobs (the others keep their value) and why."""
+
+    loss_mode: Literal["vanilla", "clip_cov", "kl_cov"] | None = None
+    clip_cov_ratio: float | None = None
+    clip_cov_lb: float | None = None
+    clip_cov_ub: float | None = None
+    kl_cov_ratio: float | None = None
+    ppo_kl_coef: float | None = None
+    clip_ratio_low: float | None = None
+    clip_ratio_high: float | None = None
+    reason: str = Field("", max_length=1000, description="why, for the audit log")
+
+    def knobs(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"reason"}, exclude_none=True)
+
+
+class AuditEntry(_Wire):
+    version: int = Field(description="the version this change created")
+    who: str
+    when: float = Field(description="unix time")
+    reason: str
+    old: Control
+    new: Control
+
+
+class AuditResponse(_Wire):
+    run: str
+    entries: list[AuditEntry] = Field(description="newest first")
+
+
+class StaleControl(_Wire):
+    """412: someone changed the control since the version you sent."""
+
+    detail: str
+    current: Control
+    last_change: AuditEntry | None
+
+
 class IngestResponse(_Wire):
     accepted: int = Field(description="reports stored for the first time")
     duplicates: int = Field(description="reports already stored for that (rank, step)")
@@ -201,3 +240,27 @@ class RunSummary(_Wire):
 
 class RunsResponse(_Wire):
     runs: list[RunSummary]
+
+
+class HistogramStep(_Wire):
+    step: int
+    counts: list[int]
+    nonfinite: int
+
+
+class HistogramSeries(_Wire):
+    run: str
+    name: str
+    layout: str
+    upper_bounds: list[float] = Field(description="finite upper bounds; a last +Inf bucket follows")
+    steps: list[HistogramStep]
+
+
+class RankedTopToken(TopToken):
+    rank: int
+
+
+class TopTokensResponse(_Wire):
+    run: str
+    step: int
+    tokens: list[RankedTopToken] = Field(description="highest covariance first")

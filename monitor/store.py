@@ -13,10 +13,12 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from monitor.merge import merge_counts, merge_stats, merge_user
-from monitor.schemas import Control, StepPoint, StepReport
+from monitor.schemas import AuditEntry, Control, StepPoint, StepReport
 
 RUNS_KEY = "entmon:runs"  # zset run -> last report time; the only key shared across runs
 INGEST_SCRIPT = files("monitor").joinpath("ingest.lua").read_text()
+CONTROL_SCRIPT = files("monitor").joinpath("control.lua").read_text()
+AUDIT_CAP = 10_000  # audit entries kept per run
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class Store:
         self.redis = redis
         self.retention_steps = retention_steps
         self._ingest = redis.register_script(INGEST_SCRIPT)
+        self._set_control = redis.register_script(CONTROL_SCRIPT)
 
     async def ingest(self, run: str, reports: list[StepReport]) -> list[bool]:
         """Store reports; per report True if new, False if (rank, step) was already stored."""
@@ -154,6 +157,62 @@ class Store:
     async def control(self, run: str) -> Control:
         raw = cast(str | None, await self.redis.get(RunKeys.of(run).control))
         return Control.model_validate_json(raw) if raw else Control()
+
+    async def set_control(
+        self, run: str, expected_version: int, new: Control, entry: AuditEntry
+    ) -> Control | None:
+        """Store `new` if the current version is still `expected_version`; else return the
+        current control (the caller answers 412)."""
+        k = RunKeys.of(run)
+        args: list[str | int] = [
+            expected_version,
+            new.model_dump_json(),
+            entry.model_dump_json(),
+            AUDIT_CAP,
+        ]
+        result = await self._set_control(keys=[k.control, k.audit], args=args)
+        if int(result[0]) == 1:
+            return None
+        return Control.model_validate_json(result[1]) if result[1] else Control()
+
+    async def audit(self, run: str, limit: int) -> list[AuditEntry]:
+        """Newest first."""
+        raw = cast(list[str], await self.redis.lrange(RunKeys.of(run).audit, -limit, -1))
+        return [AuditEntry.model_validate_json(r) for r in reversed(raw)]
+
+    async def delete_run(self, run: str) -> bool:
+        k = RunKeys.of(run)
+        removed = await self.redis.delete(k.index, k.scalars, k.details, k.meta, k.control, k.audit)
+        removed += await self.redis.zrem(RUNS_KEY, run)
+        return bool(removed)
+
+    async def histogram_series(
+        self, run: str, name: str, start: float, end: float, *, every: int = 1
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """(step, histogram added over ranks) for steps in [start, end], every `every`-th."""
+        k = RunKeys.of(run)
+        by_step: dict[int, list[str]] = defaultdict(list)
+        for field, score in await self._scored(k.index, start, end):
+            by_step[int(score)].append(field)
+        keep = sorted(by_step)[::every]
+        docs = await self._hmget(k.details, [f for s in keep for f in by_step[s]])
+        hists: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for field, raw in zip([f for s in keep for f in by_step[s]], docs, strict=True):
+            if raw is not None and (h := json.loads(raw)["histograms"].get(name)):
+                hists[int(field.split(":")[0])].append(h)
+        return [(s, m) for s in keep if (m := merge_counts(hists[s]))]
+
+    async def top_tokens(self, run: str, step: int) -> list[dict[str, Any]]:
+        """Top-covariance tokens of one step over all ranks, highest covariance first."""
+        k = RunKeys.of(run)
+        fields = [f for f, _ in await self._scored(k.index, step, step)]
+        tokens = [
+            {**t, "rank": int(f.split(":")[1])}
+            for f, raw in zip(fields, await self._hmget(k.details, fields), strict=True)
+            if raw is not None
+            for t in json.loads(raw)["top_tokens"]
+        ]
+        return sorted(tokens, key=lambda t: -t["cov"] if math.isfinite(t["cov"]) else math.inf)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
