@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import httpx
@@ -30,7 +31,7 @@ def entropy_figure(steps: list[dict[str, Any]]) -> go.Figure:
 def main() -> None:
     st.set_page_config(page_title="entmon", layout="wide")
     st.title("entmon")
-    http = client(api_url(), None)
+    http = client(api_url(), os.environ.get("ENTMON_TOKEN"))
     try:
         runs = list_runs(http)
     except httpx.HTTPError as e:
