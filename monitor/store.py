@@ -61,7 +61,7 @@ def _scalars_doc(report: StepReport) -> str:
 def _details_doc(report: StepReport) -> str:
     return json.dumps(
         {
-            "histograms": {k: h.model_dump() for k, h in report.histograms.items()},
+            "histograms": report.histograms.model_dump(exclude_none=True),
             "top_tokens": [t.model_dump() for t in report.top_tokens],
         }
     )

@@ -10,10 +10,11 @@ from fastapi.responses import JSONResponse
 
 from monitor.control_rules import control_errors
 from monitor.deps import Admin, Reader, RunPath, StoreDep
+from monitor.routers import COMMON_RESPONSES, invalid
 from monitor.schemas import AuditEntry, AuditResponse, Control, ControlUpdate, StaleControl
 from monitor.store import Store
 
-router = APIRouter(prefix="/v1/runs", tags=["control"])
+router = APIRouter(prefix="/v1/runs", tags=["control"], responses=COMMON_RESPONSES)
 
 
 def etag(control: Control) -> str:
@@ -24,7 +25,7 @@ def parse_if_match(value: str) -> int:
     """Accepts "3", 3 and W/"3"; anything else is a 422 naming the header."""
     text = value.strip().removeprefix("W/").strip('"')
     if not text.isdigit():
-        raise HTTPException(422, f'If-Match: expected a control version such as "3", got {value!r}')
+        invalid("header", "If-Match", f'expected a control version such as "3", got {value!r}')
     return int(text)
 
 

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 
 from monitor.deps import Admin, Reader, RunPath, StoreDep
 from monitor.layouts import HISTOGRAM_LAYOUTS, LAYOUTS
+from monitor.routers import COMMON_RESPONSES, NOT_FOUND
 from monitor.schemas import (
     HistogramSeries,
     HistogramStep,
@@ -17,20 +18,21 @@ from monitor.schemas import (
 )
 from monitor.store import Store
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"])
+router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=COMMON_RESPONSES | NOT_FOUND)
 MAX_POINTS_LIMIT = 100_000
 
 
 async def _stride(
     store: Store, run: str, lo: float, hi: float, every: int | None, max_points: int | None
 ) -> int:
-    """The step stride that keeps at most max_points steps (the last step is always kept)."""
-    if every is not None and max_points is not None:
-        raise HTTPException(422, "every, max_points: give one of them, not both")
-    if max_points is None:
-        return every or 1
-    n = len(await store.step_numbers(run, lo, hi))
-    return max(1, math.ceil(n / (max_points - 1))) if n > max_points else 1
+    """Keep every `every`-th step, widened so at most max_points remain (the last step is
+    always kept, hence max_points - 1 strides)."""
+    stride = every or 1
+    if max_points is not None:
+        n = len(await store.step_numbers(run, lo, hi))
+        if n > max_points:
+            stride = max(stride, math.ceil(n / (max_points - 1)))
+    return stride
 
 
 async def _summary(store: Store, run: str) -> RunSummary:
@@ -86,7 +88,7 @@ async def get_histograms(
     run: RunPath,
     store: StoreDep,
     _: Reader,
-    name: Annotated[str, Query(description="entropy or covariance")],
+    name: Annotated[Literal["entropy", "covariance"], Query(description="which histogram")],
     start: Annotated[int | None, Query(ge=0)] = None,
     end: Annotated[int | None, Query(ge=0)] = None,
     every: Annotated[int | None, Query(ge=1)] = None,
