@@ -74,8 +74,9 @@ class Store:
         self._ingest = redis.register_script(INGEST_SCRIPT)
         self._set_control = redis.register_script(CONTROL_SCRIPT)
 
-    async def ingest(self, run: str, reports: list[StepReport]) -> list[bool]:
-        """Store reports; per report True if new, False if (rank, step) was already stored."""
+    async def ingest(self, run: str, reports: list[StepReport]) -> tuple[list[bool], Control]:
+        """Store reports in one round trip and read the run's control in the same one.
+        Per report True if new, False if (rank, step) was already stored."""
         k = RunKeys.of(run)
         now = time.time()
         args: list[Any] = [now, self.retention_steps]
@@ -83,9 +84,12 @@ class Store:
             s = r.stats
             args += [_field(r.step, r.rank), r.step, _scalars_doc(r), _details_doc(r)]
             args += [s.tokens or 0, s.detached or 0, s.penalised or 0, s.client_drops or 0]
-        flags = await self._ingest(keys=[k.index, k.scalars, k.details, k.meta], args=args)
-        await self.redis.zadd(RUNS_KEY, {run: now})
-        return [bool(f) for f in flags]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._ingest(keys=[k.index, k.scalars, k.details, k.meta], args=args, client=pipe)
+            pipe.zadd(RUNS_KEY, {run: now})
+            pipe.get(k.control)
+            flags, _, control = await pipe.execute()
+        return [bool(f) for f in flags], _control(control)
 
     # The pool decodes responses (decode_responses=True): every reply below is str.
     async def _scored(self, key: str, lo: float, hi: float) -> list[tuple[str, float]]:
@@ -155,8 +159,7 @@ class Store:
         return {name: merged for name, hs in by_name.items() if (merged := merge_counts(hs))}
 
     async def control(self, run: str) -> Control:
-        raw = cast(str | None, await self.redis.get(RunKeys.of(run).control))
-        return Control.model_validate_json(raw) if raw else Control()
+        return _control(cast(str | None, await self.redis.get(RunKeys.of(run).control)))
 
     async def set_control(
         self, run: str, expected_version: int, new: Control, entry: AuditEntry
@@ -216,6 +219,10 @@ class Store:
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+
+def _control(raw: str | None) -> Control:
+    return Control.model_validate_json(raw) if raw else Control()
 
 
 def _bound(x: float) -> str | float:

@@ -22,7 +22,10 @@ async def ingest(
     """Store one step report or a batch. Idempotent per (run, rank, step): a report already
     stored is acknowledged as a duplicate and left untouched. Answers the run's control."""
     reports = body if isinstance(body, list) else [body]
-    flags = await store.ingest(run, reports) if reports else []
+    if reports:
+        flags, control = await store.ingest(run, reports)
+    else:  # an empty batch must not create a run
+        flags, control = [], await store.control(run)
     accepted = sum(flags)
     REPORTS_INGESTED.labels("accepted").inc(accepted)
     REPORTS_INGESTED.labels("duplicate").inc(len(flags) - accepted)
@@ -31,5 +34,5 @@ async def ingest(
         accepted=accepted,
         duplicates=len(flags) - accepted,
         nonfinite=nonfinite,
-        control=await store.control(run),
+        control=control,
     )

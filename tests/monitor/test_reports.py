@@ -138,3 +138,19 @@ def test_histograms_and_top_tokens_of_a_step_merge_over_ranks(api: TestClient) -
     tokens = api.get("/v1/runs/r1/top_tokens").json()["tokens"]
     assert [(t["cov"], t["rank"]) for t in tokens] == [(9.0, 1), (3.0, 0)]
     assert api.get("/v1/runs/r1/histograms", params={"name": "nope"}).status_code == 422
+
+
+def test_empty_batch_answers_the_control_and_creates_no_run(api: TestClient) -> None:
+    r = api.post("/v1/runs/r1/reports", json=[])
+    assert r.status_code == 200 and r.json()["accepted"] == 0
+    assert api.get("/v1/runs").json()["runs"] == []
+
+
+def test_retention_keeps_the_last_steps(redis_url: str) -> None:
+    from monitor.main import create_app
+    from monitor.settings import Settings
+
+    with TestClient(create_app(Settings(redis_url=redis_url, retention_steps=10))) as client:
+        client.post("/v1/runs/r1/reports", json=[report(s, entropy=1.0) for s in range(25)])
+        steps = [s["step"] for s in client.get("/v1/runs/r1/steps").json()["steps"]]
+        assert steps == list(range(15, 25))
