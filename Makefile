@@ -7,7 +7,12 @@ PIP := $(PY) -m pip
 # torch pulled in by a dependency would fetch gigabytes of CUDA packages.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint typecheck pytest clean
+# Debian programs some tests run, as command:package pairs. `system-deps` installs the packages
+# of the missing commands when it can (root with apt-get); otherwise it says what is missing, and
+# those tests skip locally or fail under CI (CI=true). Add pairs here, e.g. chromium:chromium.
+SYSTEM_DEPS ?= promtool:prometheus prometheus:prometheus amtool:prometheus-alertmanager
+
+.PHONY: demo test lint typecheck pytest clean system-deps
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +24,23 @@ $(VENV)/.installed-%: pyproject.toml
 demo: $(VENV)/.installed-all
 	$(VENV)/bin/entmon demo $(DEMO_ARGS)
 
-test: $(VENV)/.installed-dev
+test: system-deps $(VENV)/.installed-dev
 	$(MAKE) lint typecheck pytest
+
+system-deps:
+	@missing=""; \
+	for pair in $(SYSTEM_DEPS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 && continue; \
+	  case " $$missing " in *" $${pair#*:} "*) ;; *) missing="$$missing $${pair#*:}" ;; esac; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "system-deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+	  echo "system-deps: missing Debian packages:$$missing (as root: make system-deps)"; \
+	fi
 
 lint:
 	$(VENV)/bin/ruff check .
