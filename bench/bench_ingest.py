@@ -25,9 +25,8 @@ import httpx
 from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.realistic import realistic_report  # noqa: E402
-from monitor.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
-
+from bench.realistic import realistic_report
+from monitor.embedded_redis import EmbeddedRedis, free_port
 
 STEP_MARK = 987654321987  # replaced in pre-serialised bodies, so clients spend no CPU on JSON
 
@@ -137,10 +136,10 @@ def main() -> int:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENTMON_")}
         env |= {"ENTMON_REDIS_URL": redis.url, "ENTMON_DATA_DIR": tmp}
+        serve = ["serve", "--port", str(port), "--log-level", "warning"]
         server = subprocess.Popen(
-            [sys.executable, "-m", "monitor.cli", "serve", "--port", str(port), "--log-level", "warning"],
-            env=env, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [sys.executable, "-m", "monitor.cli", *serve], env=env, stderr=subprocess.DEVNULL
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(200):
@@ -160,8 +159,8 @@ def main() -> int:
             server.wait()
 
     print(
-        f"{args.clients} clients, {args.seconds:g}s per mode, Redis appendfsync={args.appendfsync}, "
-        f"{os.cpu_count()} CPUs (load generator, service and Redis share them)"
+        f"{args.clients} clients, {args.seconds:g}s per mode, "
+        f"Redis appendfsync={args.appendfsync}, {os.cpu_count()} CPUs (load generator, service and Redis share them)"
     )
     print(f"{'mode':<24}{'reports/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
     for r in results:

@@ -49,5 +49,5 @@ def realistic_report(step: int, rank: int = 0, *, seed: int = 0) -> dict[str, An
                 "text": f" tok{i}",
             }
             for i in range(8)
-        ],  # fmt: skip
+        ],
     }
