@@ -160,7 +160,8 @@ def main() -> int:
 
     print(
         f"{args.clients} clients, {args.seconds:g}s per mode, "
-        f"Redis appendfsync={args.appendfsync}, {os.cpu_count()} CPUs (load generator, service and Redis share them)"
+        f"Redis appendfsync={args.appendfsync}, {os.cpu_count()} CPUs "
+        "(load generator, service and Redis share them)"
     )
     print(f"{'mode':<24}{'reports/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
     for r in results:
