@@ -19,6 +19,7 @@ RUNS_KEY = "entmon:runs"  # zset run -> last report time; the only key shared ac
 INGEST_SCRIPT = files("monitor").joinpath("ingest.lua").read_text()
 CONTROL_SCRIPT = files("monitor").joinpath("control.lua").read_text()
 AUDIT_CAP = 10_000  # audit entries kept per run
+RANK_SCAN = 1024  # reports looked at for each rank's latest one
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,22 @@ class Store:
         step = int(cast(list[tuple[str, float]], last)[0][1])
         points = await self.steps(run, step, step)
         return points[0] if points else None
+
+    async def rank_status(self, run: str, *, scan: int = RANK_SCAN) -> list[dict[str, Any]]:
+        """The latest report of each rank among the run's last `scan` reports: rank, step,
+        control_version, time. Ranks that fell further behind are not listed."""
+        k = RunKeys.of(run)
+        fields = cast(list[str], await self.redis.zrevrange(k.index, 0, scan - 1))
+        latest: dict[int, dict[str, Any]] = {}
+        for raw in await self._hmget(k.scalars, fields):
+            if raw is None:
+                continue
+            doc = json.loads(raw)
+            if doc["rank"] not in latest:
+                latest[doc["rank"]] = {
+                    key: doc.get(key) for key in ("rank", "step", "control_version", "time")
+                }
+        return [latest[r] for r in sorted(latest)]
 
     async def histograms(self, run: str, step: int) -> dict[str, dict[str, Any]]:
         """Histograms of one step, added over ranks."""

@@ -47,6 +47,7 @@ async def _summary(store: Store, run: str) -> RunSummary:
         last_report_time=float(meta["last_report_time"]) if "last_report_time" in meta else None,
         reports=int(meta.get("reports", 0)),
         latest=await store.latest(run),
+        ranks=await store.rank_status(run),
     )
 
 
