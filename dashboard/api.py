@@ -47,11 +47,16 @@ def list_runs(client: httpx.Client) -> list[dict[str, Any]]:
 
 
 def get_steps(
-    client: httpx.Client, run: str, *, max_points: int = MAX_POINTS
+    client: httpx.Client,
+    run: str,
+    *,
+    start: int | None = None,
+    end: int | None = None,
+    max_points: int = MAX_POINTS,
 ) -> list[dict[str, Any]]:
-    steps: list[dict[str, Any]] = _get(client, f"/v1/runs/{run}/steps", max_points=max_points)[
-        "steps"
-    ]
+    path = f"/v1/runs/{run}/steps"
+    body = _get(client, path, start=start, end=end, max_points=max_points)
+    steps: list[dict[str, Any]] = body["steps"]
     return steps
 
 
