@@ -15,8 +15,7 @@ START_STEPS = 5  # entropy "at start" is the median of the run's first steps
 
 async def _snapshot(store: Store, run: str) -> RunSnapshot:
     latest = await store.latest(run)
-    first = (await store.step_numbers(run))[:START_STEPS]
-    start = await store.steps(run, first[0], first[-1]) if first else []
+    start = await store.first_steps(run, START_STEPS)
     entropies = [float(e) for p in start if (e := p.stats.get("entropy")) is not None]
     return RunSnapshot(
         run,
