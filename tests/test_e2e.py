@@ -4,7 +4,6 @@ Redis) -> query API -> /metrics -> dashboard."""
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
@@ -76,8 +75,8 @@ def test_client_to_dashboard_through_embedded_redis(
         assert (tmp_path / "redis" / "appendonly.aof").stat().st_size > 0  # append-only is on
     finally:
         code = server.stop()
-    assert code in (0, -signal.SIGTERM)
-    for child in children:
+    assert code == 0
+    for child in children:  # the embedded Redis stopped with the service
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
 
 
