@@ -49,6 +49,7 @@ def dashboard_command(port: int) -> list[str]:
         "--server.address", "127.0.0.1",
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer",
     ]  # fmt: skip
 
 

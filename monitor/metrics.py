@@ -74,10 +74,12 @@ CONTROL_KNOBS = (
     "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "kl_cov_ratio", "ppo_kl_coef",
     "clip_ratio_low", "clip_ratio_high",
 )  # fmt: skip
+# (metric name, histogram name, the mean statistic that gives its sum, help)
 HISTOGRAMS = (
-    ("token_entropy", "entropy", "Token entropy distribution of the latest step, nats"),
-    ("token_covariance", "covariance", "Per-token covariance distribution of the latest step"),
-)
+    ("token_entropy", "entropy", "entropy", "Token entropy distribution of the latest step, nats"),
+    ("token_covariance", "covariance", "cov_mean",
+     "Per-token covariance distribution of the latest step"),
+)  # fmt: skip
 
 
 class RunSnapshot:
@@ -176,17 +178,19 @@ def run_families(snapshots: Iterable[RunSnapshot]) -> list[Metric]:
             knobs.add_metric([s.run, knob], getattr(s.control, knob))
     families += [mode, version, applied, knobs]
 
-    for name, hist, help_ in HISTOGRAMS:
+    for name, hist, mean_stat, help_ in HISTOGRAMS:
         gh = GaugeHistogramMetricFamily(f"{PREFIX}_{name}", help_, labels=["run"])
         for s in snaps:
             h = s.histograms.get(hist)
-            if h is None:
+            if h is None or s.latest is None:
                 continue
+            mean = s.latest.stats.get(mean_stat)
             cumulative, buckets = 0, []
             for le, count in zip(upper_bound_labels(h["layout"]), h["counts"], strict=True):
                 cumulative += count
                 buckets.append((le, float(cumulative)))
-            gh.add_metric([s.run], buckets, gsum_value=None)
+            gsum = float(mean) * cumulative if mean is not None else math.nan
+            gh.add_metric([s.run], buckets, gsum_value=gsum)
         families.append(gh)
     return families + analysis_families(snaps)
 

@@ -7,9 +7,10 @@ from pydantic import Field
 
 from monitor.analysis import START_STEPS, Analysis, AnalysisParams, analyse
 from monitor.deps import Reader, RunPath, StoreDep
+from monitor.routers import COMMON_RESPONSES, NOT_FOUND
 from monitor.store import Store
 
-router = APIRouter(prefix="/v1/runs", tags=["analysis"])
+router = APIRouter(prefix="/v1/runs", tags=["analysis"], responses=COMMON_RESPONSES | NOT_FOUND)
 DEFAULT_MAX_POINTS = 2000  # a long run is analysed on at most about this many sampled steps
 MAX_POINTS_LIMIT = 100_000
 

@@ -3,13 +3,10 @@ from __future__ import annotations
 import random
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from synthetic_runs import A, B, entropy_curve, law_reward
 
-from monitor.schemas import Control
-from monitor.store import RunKeys
+from tests.monitor.synthetic_runs import A, B, entropy_curve, law_reward
 
 
 def law_reports(steps: int, *, ranks: int = 1, seed: int = 0) -> list[dict[str, object]]:
@@ -35,11 +32,12 @@ def post(api: TestClient, run: str, reports: list[dict[str, object]]) -> None:
         assert api.post(f"/v1/runs/{run}/reports", json=reports[i : i + 1000]).status_code == 200
 
 
-def set_control(redis_url: str, run: str, control: Control) -> None:
-    """Write the control key as the control API stores it (this branch has no PUT yet)."""
-    client = redis.Redis.from_url(redis_url)
-    client.set(RunKeys.of(run).control, control.model_dump_json())
-    client.close()
+def set_loss_mode(api: TestClient, run: str, loss_mode: str) -> None:
+    version = api.get(f"/v1/runs/{run}/control").headers["ETag"]
+    r = api.put(
+        f"/v1/runs/{run}/control", json={"loss_mode": loss_mode}, headers={"If-Match": version}
+    )
+    assert r.status_code == 200, r.text
 
 
 def samples(body: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -51,9 +49,9 @@ def samples(body: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     return out
 
 
-def test_analysis_and_metrics_of_a_run(api: TestClient, redis_url: str) -> None:
+def test_analysis_and_metrics_of_a_run(api: TestClient) -> None:
     post(api, "r1", law_reports(240))
-    set_control(redis_url, "r1", Control(loss_mode="kl_cov", version=0))
+    set_loss_mode(api, "r1", "kl_cov")  # version 1; the steps report none
     body = api.get("/v1/runs/r1/analysis").json()
 
     assert body["run"] == "r1" and body["steps"] == 240 and not body["sampled"]

@@ -4,10 +4,10 @@ import math
 import random
 
 import pytest
-from synthetic_runs import entropy_run, point
 
 from monitor.analysis import STATES, collapse, start_entropy
 from monitor.schemas import StepPoint
+from tests.monitor.synthetic_runs import entropy_run, point
 
 _noise = random.Random(7)
 FLAT_NOISE = [_noise.gauss(0.0, 0.03) for _ in range(300)]

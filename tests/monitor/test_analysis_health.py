@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import pytest
-from synthetic_runs import point
 
 from monitor.analysis import FLAGS, HealthFlag, health
 from monitor.schemas import Control, StepPoint
+from tests.monitor.synthetic_runs import point
 
 N = 10  # health_steps
 

@@ -4,9 +4,9 @@ import math
 import statistics
 
 import pytest
-from synthetic_runs import A, B, entropy_curve, law_reward, law_run, point
 
 from monitor.analysis import fit_law, track_record
+from tests.monitor.synthetic_runs import A, B, entropy_curve, law_reward, law_run, point
 
 SEEDS = range(20)
 

@@ -4,10 +4,10 @@ import math
 import random
 
 import pytest
-from synthetic_runs import point
 
 from monitor.analysis import theory_check
 from monitor.schemas import StepPoint
+from tests.monitor.synthetic_runs import point
 
 ETA = 0.8
 
