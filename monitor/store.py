@@ -146,7 +146,7 @@ class Store:
         evenly spaced entries of its index, merged; and whether it sampled (False: the index
         held at most head + tail + max_points entries, one per step and rank, and every step is
         there). One server-side script picks the steps (sample.lua), so a 100k-step run costs
-        about what a 2k-step run costs (bench/analysis_scrape.py)."""
+        about what a 2k-step run costs (bench/bench_analysis_scrape.py)."""
         k = RunKeys.of(run)
         if int(await self.redis.zcard(k.index)) <= head + tail + max_points:
             return await self.steps(run), False

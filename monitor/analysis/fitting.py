@@ -2,7 +2,7 @@
 Student-t quantiles, Pearson correlation, and the base of every result model.
 
 Pure Python on purpose: the server extra has no numpy, and a fit over at most a few thousand
-points costs well under a millisecond (see bench/analysis_scrape.py).
+points costs well under a millisecond (see bench/bench_analysis_scrape.py).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from monitor.store import Store
 router = APIRouter(tags=["metrics"])
 # The scrape analyses each active run on its first and last steps plus this many sampled
 # between: bounded whatever the run's length, and cheaper than the API's default of 2000
-# because it repeats for every active run (bench/analysis_scrape.py measures both).
+# because it repeats for every active run (bench/bench_analysis_scrape.py measures both).
 SCRAPE_MAX_POINTS = 500
 
 

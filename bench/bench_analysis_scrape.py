@@ -2,7 +2,7 @@
 (Store.sampled_steps: first and last steps in full, --points sampled between) against the plain
 alternative (read every step, then analyse), on one run of --steps steps in an embedded Redis.
 
-    python bench/analysis_scrape.py --steps 100000
+    python bench/bench_analysis_scrape.py --steps 100000
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import math
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from monitor.analysis import AnalysisParams, analyse
 from monitor.embedded_redis import EmbeddedRedis
 from monitor.routers.analysis import run_analysis
