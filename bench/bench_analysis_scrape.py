@@ -26,7 +26,7 @@ from monitor.embedded_redis import EmbeddedRedis
 from monitor.routers.analysis import run_analysis
 from monitor.routers.metrics import SCRAPE_MAX_POINTS
 from monitor.schemas import StepReport, StepStats
-from monitor.store import Store
+from monitor.store import RunKeys, Store
 
 RUN = "bench"
 BATCH = 1000
@@ -85,8 +85,8 @@ async def main(steps: int, repeat: int, points: int) -> None:
         async def full_read_only() -> object:
             return await store.steps(RUN)
 
-        async def index_only() -> object:
-            return await store.step_numbers(RUN)
+        async def index_only() -> object:  # the cost that stays O(steps) even without merging
+            return await redis.zrangebyscore(RunKeys.of(RUN).index, "-inf", "+inf", withscores=True)
 
         ours = await timed(sampled, repeat)
         theirs = await timed(full, repeat)
@@ -97,7 +97,7 @@ async def main(steps: int, repeat: int, points: int) -> None:
         print(f"  of which the full read:            {read * 1e3:8.1f} ms")
         print(f"ratio full / sampled: {theirs / ours:.1f}x")
         index = await timed(index_only, repeat)
-        print(f"(the scrape before this branch read the whole index: {index * 1e3:.1f} ms)")
+        print(f"(reading the whole index alone: {index * 1e3:.1f} ms)")
         await redis.aclose()
 
 

@@ -53,11 +53,18 @@ def get_steps(
     start: int | None = None,
     end: int | None = None,
     max_points: int = MAX_POINTS,
+    stats: tuple[str, ...] | None = None,
 ) -> list[dict[str, Any]]:
     path = f"/v1/runs/{run}/steps"
-    body = _get(client, path, start=start, end=end, max_points=max_points)
+    wanted = ",".join(stats) if stats else None
+    body = _get(client, path, start=start, end=end, max_points=max_points, stats=wanted)
     steps: list[dict[str, Any]] = body["steps"]
     return steps
+
+
+def get_run(client: httpx.Client, run: str) -> dict[str, Any]:
+    summary: dict[str, Any] = _get(client, f"/v1/runs/{run}")
+    return summary
 
 
 def get_histograms(

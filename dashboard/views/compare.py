@@ -22,7 +22,7 @@ def render() -> None:
     @st.fragment(run_every=session.refresh_every())
     def overlay() -> None:
         try:
-            data = {run: api.get_steps(http, run) for run in chosen}
+            data = {run: api.get_steps(http, run, stats=("entropy", "reward")) for run in chosen}
         except api.ApiError as e:
             st.error(str(e))
             return

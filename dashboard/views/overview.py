@@ -22,7 +22,9 @@ def run_row(http: httpx.Client, run: dict[str, Any], now: float) -> dict[str, An
     start = None
     if run["first_step"] is not None:
         first_step = run["first_step"]  # a handful of steps: cheap even for a long run
-        first = api.get_steps(http, run["run"], start=first_step, end=first_step + START_STEPS - 1)
+        first = api.get_steps(
+            http, run["run"], start=first_step, end=first_step + START_STEPS - 1, stats=("entropy",)
+        )
         values = [
             float(p["stats"]["entropy"]) for p in first if p["stats"].get("entropy") is not None
         ]

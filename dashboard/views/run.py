@@ -9,6 +9,9 @@ import streamlit as st
 
 from dashboard import api, charts, session
 
+# The statistics the run view draws: the API sends only these.
+CHARTED = ("entropy", "reward", "cov_mean", "detached", "penalised", "candidates")
+
 
 def version_changes(steps: list[dict[str, Any]]) -> list[int]:
     """Steps at which every rank first applied a new control version."""
@@ -62,11 +65,8 @@ def render() -> None:
     @st.fragment(run_every=session.refresh_every())
     def live() -> None:
         try:
-            run = next((r for r in api.list_runs(http) if r["run"] == name), None)
-            if run is None:
-                st.warning(f"run {name} is gone")
-                return
-            steps = api.get_steps(http, name)
+            run = api.get_run(http, name)
+            steps = api.get_steps(http, name, stats=CHARTED)
             control = api.get_control(http, name)
             analysis = api.get_analysis(http, name)
             cov = api.get_histograms(http, name, "covariance")
