@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from monitor.metrics import REPORTS_REJECTED
 from monitor.middleware import LimitsAndTiming
-from monitor.routers import control, health, metrics, reports, runs
+from monitor.routers import analysis, control, health, metrics, reports, runs
 from monitor.settings import Settings
 from monitor.store import Store
 
@@ -60,7 +60,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(LimitsAndTiming, max_body_bytes=settings.max_body_bytes)
-    for router in (health.router, metrics.router, reports.router, runs.router, control.router):
+    for router in (
+        health.router,
+        metrics.router,
+        reports.router,
+        runs.router,
+        control.router,
+        analysis.router,
+    ):
         app.include_router(router)
 
     @app.exception_handler(RedisError)

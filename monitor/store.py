@@ -18,6 +18,7 @@ from monitor.schemas import AuditEntry, Control, StepPoint, StepReport
 RUNS_KEY = "entmon:runs"  # zset run -> last report time; the only key shared across runs
 INGEST_SCRIPT = files("monitor").joinpath("ingest.lua").read_text()
 CONTROL_SCRIPT = files("monitor").joinpath("control.lua").read_text()
+SAMPLE_SCRIPT = files("monitor").joinpath("sample.lua").read_text()
 AUDIT_CAP = 10_000  # audit entries kept per run
 RANK_SCAN_STEPS = 8  # each rank's latest report is looked for in the last 8 steps' reports
 RANK_SCAN_MAX = 4096
@@ -75,6 +76,7 @@ class Store:
         self.retention_steps = retention_steps
         self._ingest = redis.register_script(INGEST_SCRIPT)
         self._set_control = redis.register_script(CONTROL_SCRIPT)
+        self._sample = redis.register_script(SAMPLE_SCRIPT)
 
     async def ingest(self, run: str, reports: list[StepReport]) -> tuple[list[bool], Control]:
         """Store reports in one round trip and read the run's control in the same one.
@@ -157,6 +159,25 @@ class Store:
                     doc["stats"] = {n: v for n, v in doc["stats"].items() if n in stats}
                 grouped[doc["step"]].append(doc)
         return [_merge_step(grouped[s]) for s in keep if grouped[s]]
+
+    async def sampled_steps(
+        self, run: str, *, head: int, tail: int, max_points: int
+    ) -> tuple[list[StepPoint], bool]:
+        """The run's first `head` and last `tail` steps in full plus the steps at `max_points`
+        evenly spaced entries of its index, merged; and whether it sampled (False: the index
+        held at most head + tail + max_points entries, one per step and rank, and every step is
+        there). One server-side script picks the steps (sample.lua), so a 100k-step run costs
+        about what a 2k-step run costs (bench/bench_analysis_scrape.py)."""
+        k = RunKeys.of(run)
+        if int(await self.redis.zcard(k.index)) <= head + tail + max_points:
+            return await self.steps(run), False
+        fields = cast(list[str], await self._sample(keys=[k.index], args=[head, tail, max_points]))
+        grouped: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for raw in await self._hmget(k.scalars, fields):
+            if raw is not None:  # trimmed by retention between the reads
+                doc = json.loads(raw)
+                grouped[doc["step"]].append(doc)
+        return [_merge_step(grouped[s]) for s in sorted(grouped)], True
 
     async def first_step(self, run: str) -> int | None:
         rows = await self.redis.zrange(RunKeys.of(run).index, 0, 0, withscores=True)
