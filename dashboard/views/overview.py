@@ -45,6 +45,9 @@ def run_row(http: httpx.Client, run: dict[str, Any], now: float) -> dict[str, An
         else f"- / v{control['version']}",
         "last report": _age(now - last) if last else "never",
         "state": _state(analysis, entropy),
+        "health": ", ".join(
+            f["flag"] for f in (analysis.get("health") or {}).get("flags", []) if f.get("active")
+        ),
         "link": f"/run?run={run['run']}",
     }
 

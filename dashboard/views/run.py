@@ -51,6 +51,57 @@ def kpis(run: dict[str, Any], control: dict[str, Any], analysis: dict[str, Any] 
     cols[5].metric("Last report", "never" if last is None else f"{time.time() - last:.0f}s ago")
 
 
+STATE_ICONS = {
+    "healthy": "🟢", "declining": "🟡", "collapsed": "🔴", "exploding": "🟠", "non-finite": "⛔",
+}  # fmt: skip
+
+
+def verdicts(analysis: dict[str, Any] | None) -> None:
+    """The collapse state with the rule that decided it, and every active health flag's hint."""
+    if not analysis:
+        return
+    collapse = analysis.get("collapse") or {}
+    state = collapse.get("state")
+    if state:
+        st.markdown(f"{STATE_ICONS.get(state, '')} **{state}**: {collapse.get('rule', '')}")
+    for flag in (analysis.get("health") or {}).get("flags", []):
+        if flag.get("active"):
+            st.warning(f"**{flag['flag']}**: {flag.get('rule', '')}. {flag.get('hint') or ''}")
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    number = api.number(value)
+    return "-" if number is None else format(number, spec)
+
+
+def law_caption(analysis: dict[str, Any] | None) -> str:
+    law = (analysis or {}).get("law") or {}
+    if not law.get("enough_data"):
+        return f"Law: {law.get('note', 'not enough data yet')}"
+    record = (analysis or {}).get("track_record") or {}
+    text = (
+        f"R = -{_fmt(law['a'])}·exp(H) + {_fmt(law['b'])}, R² {_fmt(law['r2'])}; ceiling "
+        f"{_fmt(law['ceiling'])} [{_fmt(law['ceiling_low'])}, {_fmt(law['ceiling_high'])}]."
+    )
+    if record.get("enough_data"):
+        text += (
+            f" Fitted on the first {record['fit_steps']} steps, it predicted the next "
+            f"{record['predicted']} with RMSE {_fmt(record['rmse'])}."
+        )
+    return text
+
+
+def theory_caption(analysis: dict[str, Any] | None) -> str:
+    theory = (analysis or {}).get("theory") or {}
+    if not theory.get("enough_data"):
+        return f"Theory check: {theory.get('note', 'not enough data yet')}"
+    return (
+        f"ΔH ≈ -η·Cov: correlation {_fmt(theory.get('correlation'))}, sign agreement "
+        f"{_fmt(theory.get('sign_agreement'), '.0%')}, fitted η {_fmt(theory.get('eta'))} "
+        f"over {theory['pairs']} step pairs."
+    )
+
+
 def render() -> None:
     http = session.client()
     try:
@@ -76,14 +127,16 @@ def render() -> None:
             st.error(str(e))
             return
         kpis(run, control, analysis)
+        verdicts(analysis)
         collapse = (analysis or {}).get("collapse") or {}
-        floor = collapse.get("floor") if isinstance(collapse, dict) else None
+        floor = collapse.get("floor_entropy")
         left, right = st.columns(2)
         left.plotly_chart(
             charts.entropy_reward(steps, floor=api.number(floor), changes=version_changes(steps)),
             key="entropy-chart",
         )
         right.plotly_chart(charts.law(steps, (analysis or {}).get("law")), key="law-chart")
+        right.caption(law_caption(analysis))
         left, right = st.columns(2)
         if cov["steps"]:
             left.plotly_chart(
@@ -98,6 +151,7 @@ def render() -> None:
         left, right = st.columns(2)
         left.plotly_chart(charts.interventions(steps), key="interventions-chart")
         right.plotly_chart(charts.theory(steps), key="theory-chart")
+        right.caption(theory_caption(analysis))
         st.subheader("Highest-covariance tokens (latest step)")
         if tokens:
             st.dataframe(tokens, hide_index=True, key="top-tokens")

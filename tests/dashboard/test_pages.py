@@ -50,6 +50,8 @@ def test_overview_lists_the_run(streamed: ServerProcess) -> None:
     assert row["step"] == STEPS - 1
     assert row["entropy vs start"] < -0.5  # collapsed from ~1.6 nats
     assert row["control"] == "v1 / v0"
+    assert row["state"] == "collapsed"
+    assert row["predicted ceiling"] == pytest.approx(0.9, abs=0.01)  # b - a of the streamed law
 
 
 def test_run_view_draws_every_chart(streamed: ServerProcess) -> None:
@@ -63,6 +65,8 @@ def test_run_view_draws_every_chart(streamed: ServerProcess) -> None:
     for key in ("law-chart", "cov-heat", "entropy-heat", "interventions-chart", "theory-chart"):
         assert figure(app, key)["data"], key
     assert app.metric[0].value == str(STEPS - 1)
+    assert "**collapsed**" in app.markdown[0].value  # the state, from the service's analysis
+    assert any("R²" in c.value for c in app.caption)  # the fitted law under its chart
     tokens = app.dataframe[0].value
     assert len(tokens) == 16 and tokens["cov"].is_monotonic_decreasing  # 8 per rank
 
