@@ -51,8 +51,9 @@ def kpis(run: dict[str, Any], control: dict[str, Any], analysis: dict[str, Any] 
     cols[5].metric("Last report", "never" if last is None else f"{time.time() - last:.0f}s ago")
 
 
-STATE_ICONS = {
-    "healthy": "🟢", "declining": "🟡", "collapsed": "🔴", "exploding": "🟠", "non-finite": "⛔",
+STATE_COLORS = {
+    "healthy": "green", "declining": "orange", "collapsed": "red", "exploding": "violet",
+    "non-finite": "red",
 }  # fmt: skip
 
 
@@ -63,7 +64,8 @@ def verdicts(analysis: dict[str, Any] | None) -> None:
     collapse = analysis.get("collapse") or {}
     state = collapse.get("state")
     if state:
-        st.markdown(f"{STATE_ICONS.get(state, '')} **{state}**: {collapse.get('rule', '')}")
+        color = STATE_COLORS.get(state, "gray")
+        st.markdown(f":{color}[**{state}**]: {collapse.get('rule', '')}")
     for flag in (analysis.get("health") or {}).get("flags", []):
         if flag.get("active"):
             st.warning(f"**{flag['flag']}**: {flag.get('rule', '')}. {flag.get('hint') or ''}")

@@ -65,7 +65,7 @@ def test_run_view_draws_every_chart(streamed: ServerProcess) -> None:
     for key in ("law-chart", "cov-heat", "entropy-heat", "interventions-chart", "theory-chart"):
         assert figure(app, key)["data"], key
     assert app.metric[0].value == str(STEPS - 1)
-    assert "**collapsed**" in app.markdown[0].value  # the state, from the service's analysis
+    assert ":red[**collapsed**]" in app.markdown[0].value  # the state, from the service's analysis
     assert any("R²" in c.value for c in app.caption)  # the fitted law under its chart
     tokens = app.dataframe[0].value
     assert len(tokens) == 16 and tokens["cov"].is_monotonic_decreasing  # 8 per rank
