@@ -7,10 +7,9 @@ PIP := $(PY) -m pip
 # torch pulled in by a dependency would fetch gigabytes of CUDA packages.
 TORCH := torch==2.13.0
 
-# Debian programs some tests run, as command:package pairs. `system-deps` installs the packages
-# of the missing commands when it can (root with apt-get); otherwise it says what is missing, and
-# those tests skip locally or fail under CI (CI=true). Add pairs here, e.g. chromium:chromium.
-SYSTEM_DEPS ?= promtool:prometheus prometheus:prometheus amtool:prometheus-alertmanager
+# Debian packages the tests drive for real: a headless browser, Prometheus (promtool) and
+# Alertmanager (amtool) for tests/deploy.
+SYSTEM_PACKAGES := chromium prometheus prometheus-alertmanager
 
 .PHONY: demo test lint typecheck pytest clean system-deps
 
@@ -24,22 +23,18 @@ $(VENV)/.installed-%: pyproject.toml
 demo: $(VENV)/.installed-all
 	$(VENV)/bin/entmon demo $(DEMO_ARGS)
 
-test: system-deps $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev system-deps
 	$(MAKE) lint typecheck pytest
 
+# Installs what is missing (as root, as on these machines); otherwise says what to install.
 system-deps:
-	@missing=""; \
-	for pair in $(SYSTEM_DEPS); do \
-	  command -v "$${pair%%:*}" >/dev/null 2>&1 && continue; \
-	  case " $$missing " in *" $${pair#*:} "*) ;; *) missing="$$missing $${pair#*:}" ;; esac; \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "system-deps: installing$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq --no-install-recommends $$missing; \
-	else \
-	  echo "system-deps: missing Debian packages:$$missing (as root: make system-deps)"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing system packages:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 
 lint:

@@ -250,6 +250,13 @@ class StepsResponse(_Wire):
     steps: list[StepPoint]
 
 
+class RankStatus(_Wire):
+    rank: int
+    step: int
+    control_version: int | None
+    time: float | None
+
+
 class RunSummary(_Wire):
     run: str
     first_step: int | None
@@ -257,6 +264,9 @@ class RunSummary(_Wire):
     last_report_time: float | None
     reports: int
     latest: StepPoint | None = None
+    ranks: list[RankStatus] = Field(
+        default_factory=list, description="each rank's latest report: step and control version"
+    )
 
 
 class RunsResponse(_Wire):

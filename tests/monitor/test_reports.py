@@ -154,3 +154,24 @@ def test_retention_keeps_the_last_steps(redis_url: str) -> None:
         client.post("/v1/runs/r1/reports", json=[report(s, entropy=1.0) for s in range(25)])
         steps = [s["step"] for s in client.get("/v1/runs/r1/steps").json()["steps"]]
         assert steps == list(range(15, 25))
+
+
+def test_run_summary_lists_each_ranks_latest_step_and_control_version(api: TestClient) -> None:
+    api.post(
+        "/v1/runs/r1/reports",
+        json=[
+            {"step": 4, "rank": 0, "control_version": 2},
+            {"step": 5, "rank": 0, "control_version": 3},
+            {"step": 4, "rank": 1, "control_version": 2},
+        ],
+    )
+    ranks = api.get("/v1/runs/r1").json()["ranks"]
+    assert [(r["rank"], r["step"], r["control_version"]) for r in ranks] == [(0, 5, 3), (1, 4, 2)]
+
+
+def test_steps_can_return_only_some_statistics(api: TestClient) -> None:
+    api.post("/v1/runs/r1/reports", json=report(0, entropy=1.0, reward=0.5, cov_mean=0.1))
+    (point,) = api.get("/v1/runs/r1/steps", params={"stats": "entropy,reward"}).json()["steps"]
+    assert point["stats"] == {"entropy": 1.0, "reward": 0.5}
+    r = api.get("/v1/runs/r1/steps", params={"stats": "entropy,rewardd"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "stats"]
