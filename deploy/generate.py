@@ -230,6 +230,20 @@ def panels() -> list[dict[str, Any]]:
             description="NaN or infinite statistics in the latest step: the run diverged.",
             thresholds=[("green", None), ("red", 1)],
         ),
+        _panel(
+            "state-timeline",
+            "Collapse state",
+            [
+                _target(
+                    f"max by (run, state) (entmon_collapse_state{{{RUN}}}) == 1",
+                    "{{run}} {{state}}",
+                )
+            ],
+            w=24,
+            h=5,
+            description="The analysis' state: healthy, declining (reaches the floor within the "
+            "horizon at its current rate), collapsed, exploding, non-finite (monitor/ANALYSIS.md).",
+        ),
         _heatmap(
             "Token entropy distribution: $run",
             "entmon_token_entropy",
@@ -339,6 +353,20 @@ def panels() -> list[dict[str, Any]]:
                 )
             ],
             description="The run's current loss mode.",
+        ),
+        _panel(
+            "state-timeline",
+            "Intervention health flags",
+            [
+                _target(
+                    f"max by (run, flag) (entmon_intervention_health{{{RUN}}})",
+                    "{{run}} {{flag}}",
+                )
+            ],
+            w=12,
+            description="1 when Clip-Cov / KL-Cov does nothing useful: no candidates, "
+            "on-policy KL-Cov, or the one-token budget floor inflating the selection.",
+            thresholds=[("green", None), ("red", 1)],
         ),
         _panel(
             ts,

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -41,24 +43,33 @@ def alert_rules() -> list[dict[str, Any]]:
     return [r for g in load_yaml(RULES)["groups"] for r in g["rules"] if "alert" in r]
 
 
-# Metrics the analytics work adds to /metrics (branch `analytics`); the rules and the dashboard
-# already use them. Remove a name here once monitor/metrics.py exposes it.
-PENDING_METRICS = frozenset({"entmon_predicted_reward_ceiling", "entmon_law_fit_r2"})
-
-
 def exposed_metric_names() -> set[str]:
     """Every sample name entmon's /metrics can expose: per-run families rendered from a snapshot
     with every field filled, plus this process's service metrics."""
     from prometheus_client.core import Metric
 
+    from monitor.analysis import analyse
     from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
     from monitor.metrics import SERVICE_REGISTRY, STEP_GAUGES, RunSnapshot, run_families
     from monitor.schemas import Control, StepPoint
 
-    stats: dict[str, float | int | None] = {stat: 1.0 for _, stat, _ in STEP_GAUGES}
+    # A run whose entropy decays and whose reward follows the law: every analysis gauge is set.
+    points = [
+        StepPoint(
+            step=t,
+            ranks=1,
+            control_version=1,
+            stats={stat: 1.0 for _, stat, _ in STEP_GAUGES}
+            | {
+                "entropy": 1.2 * 0.9**t,
+                "reward": 1.0 - 0.3 * math.exp(1.2 * 0.9**t) + 0.01 * (-1) ** t,
+            },
+        )
+        for t in range(20)
+    ]
     snapshot = RunSnapshot(
         "r",
-        latest=StepPoint(step=3, ranks=1, control_version=1, stats=stats),
+        latest=points[-1],
         meta={"last_report_time": "1.0"},
         control=Control(),
         start_entropy=1.0,
@@ -69,6 +80,7 @@ def exposed_metric_names() -> set[str]:
                 "counts": [1] * bucket_count(COVARIANCE_LAYOUT),
             },
         },
+        analysis=analyse("r", points, Control()),
     )
     names = {s.name for family in run_families([snapshot]) for s in family.samples}
     service: list[Metric] = list(SERVICE_REGISTRY.collect())
@@ -82,6 +94,4 @@ def exposed_metric_names() -> set[str]:
 
 def metric_names(promql: str) -> set[str]:
     """entmon_* metric names a PromQL expression reads."""
-    import re
-
     return set(re.findall(r"\b(entmon_[a-z0-9_]+)\b", promql))

@@ -80,6 +80,9 @@ def test_whole_api_against_a_cluster(api: TestClient, cluster: RedisClusterProce
     hist = api.get(f"/v1/runs/{run}/histograms", params={"name": "covariance"}).json()
     assert len(hist["steps"]) == 6 and sum(hist["steps"][-1]["counts"]) == 2000
     assert api.get(f"/v1/runs/{run}/top_tokens").json()["step"] == 5
+    analysis = api.get(f"/v1/runs/{run}/analysis")  # the sampling script, in the run's slot
+    assert analysis.status_code == 200, analysis.text
+    assert analysis.json()["steps"] == 6
 
     control = api.get(f"/v1/runs/{run}/control")
     changed = api.put(
