@@ -56,8 +56,10 @@ class Selection:
     budget: Tensor
 
     def rows(self, index: slice | Tensor) -> Selection:
-        """The selection restricted to some rows (a micro-batch of its mini-batch)."""
-        return Selection(self.picked[index], self.candidates[index], self.budget)
+        """The selection restricted to some rows (a micro-batch of its mini-batch). A slice's
+        budget is what it picked, so the slices' budgets add up to the selection's picks."""
+        picked = self.picked[index]
+        return Selection(picked, self.candidates[index], torch.count_nonzero(picked))
 
 
 def budget(ratio: float, n_valid: Tensor) -> Tensor:
