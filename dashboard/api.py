@@ -1,14 +1,23 @@
-"""A thin client of the monitor API, plain functions that tests call directly."""
+"""A thin client of the monitor API: plain functions that pages and tests call directly."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT_S = 5.0
+MAX_POINTS = (
+    1500  # series are downsampled by the API: a 100k-step run charts as fast as a short one
+)
+
+
+class ApiError(Exception):
+    """The monitor answered an error (message says which) or could not be reached."""
 
 
 def api_url() -> str:
@@ -20,26 +29,122 @@ def make_client(url: str, token: str | None = None) -> httpx.Client:
     return httpx.Client(base_url=url, headers=headers, timeout=TIMEOUT_S)
 
 
+def _get(client: httpx.Client, path: str, **params: Any) -> Any:
+    try:
+        response = client.get(path, params={k: v for k, v in params.items() if v is not None})
+    except httpx.HTTPError as e:
+        raise ApiError(f"cannot reach the monitor at {client.base_url}: {e}") from e
+    if response.status_code == 401:
+        raise ApiError("the monitor wants a token: set ENTMON_TOKEN or enter one in the sidebar")
+    if response.status_code >= 400:
+        raise ApiError(f"GET {path} answered {response.status_code}: {response.text[:300]}")
+    return response.json()
+
+
 def list_runs(client: httpx.Client) -> list[dict[str, Any]]:
-    response = client.get("/v1/runs")
-    response.raise_for_status()
-    runs: list[dict[str, Any]] = response.json()["runs"]
+    runs: list[dict[str, Any]] = _get(client, "/v1/runs")["runs"]
     return runs
 
 
-def get_steps(client: httpx.Client, run: str, *, max_points: int = 2000) -> list[dict[str, Any]]:
-    response = client.get(f"/v1/runs/{run}/steps", params={"max_points": max_points})
-    response.raise_for_status()
-    steps: list[dict[str, Any]] = response.json()["steps"]
+def get_steps(
+    client: httpx.Client,
+    run: str,
+    *,
+    start: int | None = None,
+    end: int | None = None,
+    max_points: int = MAX_POINTS,
+    stats: tuple[str, ...] | None = None,
+) -> list[dict[str, Any]]:
+    path = f"/v1/runs/{run}/steps"
+    wanted = ",".join(stats) if stats else None
+    body = _get(client, path, start=start, end=end, max_points=max_points, stats=wanted)
+    steps: list[dict[str, Any]] = body["steps"]
     return steps
 
 
-def series(steps: list[dict[str, Any]], stat: str) -> tuple[list[int], list[float]]:
+def get_run(client: httpx.Client, run: str) -> dict[str, Any]:
+    summary: dict[str, Any] = _get(client, f"/v1/runs/{run}")
+    return summary
+
+
+def get_histograms(
+    client: httpx.Client, run: str, name: str, *, max_points: int = 300
+) -> dict[str, Any]:
+    series: dict[str, Any] = _get(
+        client, f"/v1/runs/{run}/histograms", name=name, max_points=max_points
+    )
+    return series
+
+
+def get_top_tokens(client: httpx.Client, run: str) -> list[dict[str, Any]]:
+    tokens: list[dict[str, Any]] = _get(client, f"/v1/runs/{run}/top_tokens")["tokens"]
+    return tokens
+
+
+def get_audit(client: httpx.Client, run: str, *, limit: int = 50) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = _get(client, f"/v1/runs/{run}/audit", limit=limit)["entries"]
+    return entries
+
+
+def get_control(client: httpx.Client, run: str) -> dict[str, Any]:
+    control: dict[str, Any] = _get(client, f"/v1/runs/{run}/control")
+    return control
+
+
+@dataclass(frozen=True)
+class ControlResult:
+    """What a PUT of the control gave: the new control, or (on 412) the one that won."""
+
+    applied: bool
+    control: dict[str, Any]
+    last_change: dict[str, Any] | None = None
+
+
+def put_control(
+    client: httpx.Client, run: str, *, version: int, knobs: dict[str, Any], reason: str
+) -> ControlResult:
+    """Apply knobs with optimistic concurrency: `version` is the one the user was looking at."""
+    try:
+        response = client.put(
+            f"/v1/runs/{run}/control",
+            json={**knobs, "reason": reason},
+            headers={"If-Match": f'"{version}"'},
+        )
+    except httpx.HTTPError as e:
+        raise ApiError(f"cannot reach the monitor: {e}") from e
+    if response.status_code == 412:
+        body = response.json()
+        return ControlResult(False, body["current"], body.get("last_change"))
+    if response.status_code == 403:
+        raise ApiError("changing controls needs an admin token")
+    if response.status_code == 422:
+        problems = [e.get("msg", str(e)) for e in response.json().get("detail", [])]
+        raise ApiError("invalid control: " + "; ".join(problems))
+    if response.status_code >= 400:
+        raise ApiError(f"PUT control answered {response.status_code}: {response.text[:300]}")
+    return ControlResult(True, response.json())
+
+
+def get_analysis(client: httpx.Client, run: str) -> dict[str, Any] | None:
+    """The run's entropy analytics, or None where the service has none."""
+    try:
+        analysis: dict[str, Any] = _get(client, f"/v1/runs/{run}/analysis")
+    except ApiError:
+        return None
+    return analysis
+
+
+def number(value: Any) -> float | None:
+    """A statistic from the API as a float: None stays None, "NaN"/"Infinity" become floats."""
+    return None if value is None else float(value)
+
+
+def series(steps: Sequence[Mapping[str, Any]], stat: str) -> tuple[list[int], list[float]]:
     """(steps, values) of one statistic, skipping steps that did not report it."""
     xs, ys = [], []
     for point in steps:
         value = point["stats"].get(stat)
         if value is not None:
             xs.append(point["step"])
-            ys.append(float(value))  # "NaN" strings from the API become float NaN
+            ys.append(float(value))
     return xs, ys

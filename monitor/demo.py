@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,3 +92,4 @@ def run_demo(*, steps: int, headless: bool, port: int, dashboard_port: int) -> i
         return 0
     finally:
         _stop(processes)
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -14,7 +14,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "Redis unreachable"}})
 async def readyz(store: StoreDep, response: Response) -> dict[str, str]:
     """Redis answers: ready to take reports."""
     try:

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, HTTPException
+from typing import Annotated
+
+from fastapi import APIRouter, Body
 
 from monitor.deps import Reader, RunPath, StoreDep
 from monitor.metrics import REPORTS_INGESTED
-from monitor.schemas import MAX_REPORTS_PER_REQUEST, IngestResponse, StepReport
+from monitor.routers import COMMON_RESPONSES
+from monitor.schemas import IngestResponse, ReportBody
 
-router = APIRouter(prefix="/v1/runs", tags=["reports"])
+router = APIRouter(prefix="/v1/runs", tags=["reports"], responses=COMMON_RESPONSES)
 
 
 @router.post("/{run}/reports")
@@ -14,14 +17,15 @@ async def ingest(
     run: RunPath,
     store: StoreDep,
     _: Reader,
-    body: StepReport | list[StepReport] = Body(),  # noqa: B008 (FastAPI idiom)
+    body: Annotated[ReportBody, Body()],
 ) -> IngestResponse:
     """Store one step report or a batch. Idempotent per (run, rank, step): a report already
     stored is acknowledged as a duplicate and left untouched. Answers the run's control."""
     reports = body if isinstance(body, list) else [body]
-    if len(reports) > MAX_REPORTS_PER_REQUEST:
-        raise HTTPException(422, f"body: at most {MAX_REPORTS_PER_REQUEST} reports per request")
-    flags = await store.ingest(run, reports) if reports else []
+    if reports:
+        flags, control = await store.ingest(run, reports)
+    else:  # an empty batch must not create a run
+        flags, control = [], await store.control(run)
     accepted = sum(flags)
     REPORTS_INGESTED.labels("accepted").inc(accepted)
     REPORTS_INGESTED.labels("duplicate").inc(len(flags) - accepted)
@@ -30,5 +34,5 @@ async def ingest(
         accepted=accepted,
         duplicates=len(flags) - accepted,
         nonfinite=nonfinite,
-        control=await store.control(run),
+        control=control,
     )

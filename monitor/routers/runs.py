@@ -1,30 +1,43 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query
 
-from monitor.deps import Reader, RunPath, StoreDep
-from monitor.schemas import Control, RunsResponse, RunSummary, StepsResponse
+from monitor.deps import Admin, Reader, RunPath, StoreDep
+from monitor.layouts import HISTOGRAM_LAYOUTS, LAYOUTS
+from monitor.routers import COMMON_RESPONSES, NOT_FOUND
+from monitor.schemas import (
+    HistogramSeries,
+    HistogramStep,
+    RunsResponse,
+    RunSummary,
+    StepsResponse,
+    StepStats,
+    TopTokensResponse,
+)
 from monitor.store import Store
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"])
+router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=COMMON_RESPONSES | NOT_FOUND)
 MAX_POINTS_LIMIT = 100_000
+_STAT = "|".join(StepStats.model_fields)
+STATS_PATTERN = f"^({_STAT})(,({_STAT}))*$"  # in the schema, so clients see the valid names
 
 
 async def _summary(store: Store, run: str) -> RunSummary:
     meta = await store.meta(run)
     if not meta:
         raise HTTPException(404, f"run {run!r} not found")
-    first = await store.step_numbers(run)
+    latest = await store.latest(run)
     return RunSummary(
         run=run,
-        first_step=first[0] if first else None,
+        first_step=await store.first_step(run),
         last_step=int(meta["last_step"]) if "last_step" in meta else None,
         last_report_time=float(meta["last_report_time"]) if "last_report_time" in meta else None,
         reports=int(meta.get("reports", 0)),
-        latest=await store.latest(run),
+        latest=latest,
+        ranks=await store.rank_status(run, world_size=latest.ranks if latest else 1),
     )
 
 
@@ -50,24 +63,76 @@ async def get_steps(
     max_points: Annotated[
         int | None, Query(ge=2, le=MAX_POINTS_LIMIT, description="downsample to at most this many")
     ] = None,
+    stats: Annotated[
+        str | None,
+        Query(
+            pattern=STATS_PATTERN,
+            description="comma-separated statistics to return (default: all)",
+        ),
+    ] = None,
 ) -> StepsResponse:
-    """Steps merged over ranks, in step order. Downsampling keeps every n-th step and the last."""
-    if every is not None and max_points is not None:
-        raise HTTPException(422, "every, max_points: give one of them, not both")
+    """Steps merged over ranks, in step order. Downsampling keeps every n-th step (widened to
+    stay within max_points) and always the last step."""
     lo = -math.inf if start is None else start
     hi = math.inf if end is None else end
-    if max_points is not None:
-        n = len(await store.step_numbers(run, lo, hi))
-        every = max(1, math.ceil(n / (max_points - 1))) if n > max_points else 1
-    points = await store.steps(run, lo, hi, every=every or 1)
+    wanted = None if stats is None else frozenset(stats.split(","))
+    points = await store.steps(run, lo, hi, every=every or 1, max_points=max_points, stats=wanted)
     if not points and not await store.meta(run):
         raise HTTPException(404, f"run {run!r} not found")
     return StepsResponse(run=run, steps=points)
 
 
-@router.get("/{run}/control")
-async def get_control(run: RunPath, store: StoreDep, _: Reader, response: Response) -> Control:
-    """The run's live control; the ETag is its version (send it back as If-Match to change it)."""
-    control = await store.control(run)
-    response.headers["ETag"] = f'"{control.version}"'
-    return control
+@router.get("/{run}/histograms")
+async def get_histograms(
+    run: RunPath,
+    store: StoreDep,
+    _: Reader,
+    name: Annotated[Literal["entropy", "covariance"], Query(description="which histogram")],
+    start: Annotated[int | None, Query(ge=0)] = None,
+    end: Annotated[int | None, Query(ge=0)] = None,
+    every: Annotated[int | None, Query(ge=1)] = None,
+    max_points: Annotated[int | None, Query(ge=2, le=MAX_POINTS_LIMIT)] = None,
+) -> HistogramSeries:
+    """One histogram per step, counts added over ranks, on its fixed layout."""
+    if name not in HISTOGRAM_LAYOUTS:
+        raise HTTPException(
+            422, f"name: unknown histogram {name!r}; known: {sorted(HISTOGRAM_LAYOUTS)}"
+        )
+    if not await store.meta(run):
+        raise HTTPException(404, f"run {run!r} not found")
+    lo = -math.inf if start is None else start
+    hi = math.inf if end is None else end
+    layout = HISTOGRAM_LAYOUTS[name]
+    rows = await store.histogram_series(run, name, lo, hi, every=every or 1, max_points=max_points)
+    return HistogramSeries(
+        run=run,
+        name=name,
+        layout=layout,
+        upper_bounds=list(LAYOUTS[layout]),
+        steps=[
+            HistogramStep(step=s, counts=h["counts"], nonfinite=h["nonfinite"]) for s, h in rows
+        ],
+    )
+
+
+@router.get("/{run}/top_tokens")
+async def get_top_tokens(
+    run: RunPath,
+    store: StoreDep,
+    _: Reader,
+    step: Annotated[int | None, Query(ge=0, description="default: the latest step")] = None,
+) -> TopTokensResponse:
+    """The highest-covariance tokens the ranks sent for one step."""
+    if step is None:
+        latest = await store.latest(run)
+        if latest is None:
+            raise HTTPException(404, f"run {run!r} not found")
+        step = latest.step
+    return TopTokensResponse(run=run, step=step, tokens=await store.top_tokens(run, step))
+
+
+@router.delete("/{run}", status_code=204)
+async def delete_run(run: RunPath, store: StoreDep, _: Admin) -> None:
+    """Delete every key of the run (history, control, audit). Needs an admin token."""
+    if not await store.delete_run(run):
+        raise HTTPException(404, f"run {run!r} not found")

@@ -1,0 +1,176 @@
+"""Sustained ingest into a real `entmon serve` process on this machine.
+
+16 concurrent clients post realistic step reports (bench/realistic.py), first one report per
+request, then batches of 32; in the same run, the same data written straight to the same Redis
+with pipelines gives the ceiling. Prints reports/s, p50/p99 latency and the ratios.
+
+    .venv/bin/python bench/bench_ingest.py [--seconds 10] [--clients 16] [--batch 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from redis.asyncio import Redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.realistic import realistic_report
+from monitor.embedded_redis import EmbeddedRedis, free_port
+
+STEP_MARK = 987654321987  # replaced in pre-serialised bodies, so clients spend no CPU on JSON
+
+
+@dataclass
+class Result:
+    name: str
+    reports: int
+    seconds: float
+    latencies_s: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.reports / self.seconds
+
+    def quantile_ms(self, q: float) -> float:
+        if len(self.latencies_s) < 2:
+            return float("nan")
+        return 1000 * statistics.quantiles(self.latencies_s, n=100)[int(q * 100) - 1]
+
+
+async def post_load(url: str, *, clients: int, batch: int, seconds: float, run: str) -> Result:
+    latencies: list[float] = []
+    sent = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(rank: int) -> None:
+        nonlocal sent
+        step = 0
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
+            template = json.dumps(realistic_report(STEP_MARK, rank, seed=rank))
+            while time.perf_counter() < deadline:  # bodies cost the load generator little CPU
+                reports = [template.replace(str(STEP_MARK), str(step + i)) for i in range(batch)]
+                body = reports[0] if batch == 1 else "[" + ",".join(reports) + "]"
+                started = time.perf_counter()
+                r = await http.post(
+                    f"/v1/runs/{run}/reports",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
+                latencies.append(time.perf_counter() - started)
+                r.raise_for_status()
+                sent += batch
+                step += batch
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(rank) for rank in range(clients)))
+    name = "HTTP single" if batch == 1 else f"HTTP batch {batch}"
+    return Result(name, sent, time.perf_counter() - started, latencies)
+
+
+async def raw_redis_load(redis_url: str, *, clients: int, batch: int, seconds: float) -> Result:
+    """The ceiling: the same keys and documents the service writes, pipelined, no HTTP."""
+    latencies: list[float] = []
+    written = 0
+    deadline = time.perf_counter() + seconds
+    redis = Redis.from_url(redis_url, max_connections=clients)
+    p = "entmon:{raw}:"
+
+    async def client(rank: int) -> None:
+        nonlocal written
+        step = 0
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            async with redis.pipeline(transaction=False) as pipe:
+                for i in range(batch):
+                    r = realistic_report(step + i, rank)
+                    field = f"{step + i}:{rank}"
+                    scalars = {
+                        k: r[k] for k in ("step", "rank", "world_size", "time", "stats", "user")
+                    }
+                    details = {"histograms": r["histograms"], "top_tokens": r["top_tokens"]}
+                    pipe.hsetnx(p + "scalars", field, json.dumps(scalars))
+                    pipe.hset(p + "details", field, json.dumps(details))
+                    pipe.zadd(p + "index", {field: step + i})
+                    for counter in ("reports", "tokens", "detached", "penalised", "client_drops"):
+                        pipe.hincrby(p + "meta", counter, 1)
+                    pipe.hset(p + "meta", "last_step", step + i)
+                pipe.zadd("entmon:runs", {"raw": time.time()})
+                await pipe.execute()
+            latencies.append(time.perf_counter() - started)
+            written += batch
+            step += batch
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(rank) for rank in range(clients)))
+    elapsed = time.perf_counter() - started
+    await redis.aclose()
+    return Result(f"raw Redis pipeline {batch}", written, elapsed, latencies)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="per mode")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--appendfsync", default="always", choices=["always", "everysec"])
+    args = parser.parse_args()
+
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedRedis(Path(tmp) / "redis", appendfsync=args.appendfsync) as redis,
+    ):
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ENTMON_")}
+        env |= {"ENTMON_REDIS_URL": redis.url, "ENTMON_DATA_DIR": tmp}
+        serve = ["serve", "--port", str(port), "--log-level", "warning"]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "monitor.cli", *serve], env=env, stderr=subprocess.DEVNULL
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(200):
+                try:
+                    if httpx.get(f"{url}/readyz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            common = {"clients": args.clients, "seconds": args.seconds}
+            results = [
+                asyncio.run(post_load(url, batch=1, run="single", **common)),
+                asyncio.run(post_load(url, batch=args.batch, run="batched", **common)),
+                asyncio.run(raw_redis_load(redis.url, batch=args.batch, **common)),
+            ]
+        finally:
+            server.terminate()
+            server.wait()
+
+    print(
+        f"{args.clients} clients, {args.seconds:g}s per mode, "
+        f"Redis appendfsync={args.appendfsync}, {os.cpu_count()} CPUs "
+        "(load generator, service and Redis share them)"
+    )
+    print(f"{'mode':<24}{'reports/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
+    for r in results:
+        print(f"{r.name:<24}{r.rate:>12.0f}{r.quantile_ms(0.5):>10.2f}{r.quantile_ms(0.99):>10.2f}")
+    single, batched, ceiling = results
+    print(f"ratio batched / raw Redis ceiling: {batched.rate / ceiling.rate:.2f}")
+    print(f"ratio single / raw Redis ceiling:  {single.rate / ceiling.rate:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

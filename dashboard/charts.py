@@ -1,0 +1,146 @@
+"""Plotly figures as pure functions of API data (tests build them without Streamlit)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from dashboard.api import series
+
+HEIGHT = 340
+ENTROPY_COLOR, REWARD_COLOR = "#1f77b4", "#d62728"
+
+
+def _layout(fig: go.Figure, title: str) -> go.Figure:
+    fig.update_layout(
+        title=title, height=HEIGHT, margin={"l": 50, "r": 20, "t": 50, "b": 40},
+        legend={"orientation": "h", "y": -0.2},
+    )  # fmt: skip
+    return fig
+
+
+def entropy_reward(
+    steps: Sequence[Mapping[str, Any]], *, floor: float | None = None, changes: Sequence[int] = ()
+) -> go.Figure:
+    """Entropy (left axis) and reward (right axis) against step; the collapse floor and the steps
+    where a new control version was first applied as markers."""
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    hx, hy = series(steps, "entropy")
+    rx, ry = series(steps, "reward")
+    fig.add_trace(go.Scatter(x=hx, y=hy, name="entropy", line={"color": ENTROPY_COLOR}))
+    fig.add_trace(
+        go.Scatter(x=rx, y=ry, name="reward", line={"color": REWARD_COLOR}), secondary_y=True
+    )
+    if floor is not None:
+        fig.add_hline(y=floor, line_dash="dot", annotation_text="collapse floor")
+    for step in changes:
+        fig.add_vline(x=step, line_dash="dash", line_color="gray")
+    fig.update_yaxes(title_text="entropy (nats)", secondary_y=False)
+    fig.update_yaxes(title_text="reward", secondary_y=True)
+    fig.update_xaxes(title_text="step")
+    return _layout(fig, "Entropy and reward")
+
+
+def law(steps: Sequence[Mapping[str, Any]], fit: Mapping[str, Any] | None) -> go.Figure:
+    """Reward against entropy with the fitted law R = -a exp(H) + b and its ceiling b - a."""
+    pairs = [
+        (float(p["stats"]["entropy"]), float(p["stats"]["reward"]), p["step"])
+        for p in steps
+        if p["stats"].get("entropy") is not None and p["stats"].get("reward") is not None
+    ]
+    fig = go.Figure(
+        go.Scatter(
+            x=[h for h, _, _ in pairs], y=[r for _, r, _ in pairs], mode="markers",
+            marker={"color": [s for *_, s in pairs], "colorscale": "Viridis", "size": 5,
+                    "colorbar": {"title": "step"}},
+            name="steps",
+        )
+    )  # fmt: skip
+    if fit and fit.get("a") is not None and fit.get("b") is not None and pairs:
+        a, b = float(fit["a"]), float(fit["b"])
+        hi = max(h for h, _, _ in pairs)
+        xs = [hi * i / 50 for i in range(51)]
+        fig.add_trace(
+            go.Scatter(x=xs, y=[-a * math.exp(x) + b for x in xs], name="R = -a·exp(H) + b")
+        )
+        fig.add_hline(y=b - a, line_dash="dot", annotation_text=f"ceiling {b - a:.3f}")
+    fig.update_xaxes(title_text="entropy (nats)")
+    fig.update_yaxes(title_text="reward")
+    return _layout(fig, "Entropy-performance law")
+
+
+def _bucket_labels(upper: Sequence[float]) -> list[str]:
+    return [f"≤{u:.3g}" for u in upper] + [f">{upper[-1]:.3g}"]
+
+
+def heatmap(hist: Mapping[str, Any], title: str) -> go.Figure:
+    """Counts per bucket over steps; colour is log10(1 + count) so the tails stay visible."""
+    rows = hist["steps"]
+    labels = _bucket_labels(hist["upper_bounds"])
+    z = [[math.log10(1 + row["counts"][i]) for row in rows] for i in range(len(labels))]
+    fig = go.Figure(
+        go.Heatmap(
+            x=[row["step"] for row in rows], y=labels, z=z, colorscale="Magma",
+            colorbar={"title": "log10(1+n)"},
+        )
+    )  # fmt: skip
+    fig.update_xaxes(title_text="step")
+    return _layout(fig, title)
+
+
+def interventions(steps: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Tokens detached by Clip-Cov and penalised by KL-Cov per step, with Clip-Cov candidates."""
+    fig = go.Figure()
+    for stat, name in (
+        ("detached", "detached"),
+        ("penalised", "penalised"),
+        ("candidates", "candidates"),
+    ):
+        xs, ys = series(steps, stat)
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, name=name, mode="lines"))
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="tokens")
+    return _layout(fig, "Tokens touched by the intervention")
+
+
+def theory(steps: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Measured entropy change to the next step against the step's mean covariance: the theory
+    says Delta H ~ -eta * Cov, so points should fall in the upper-left / lower-right quadrants."""
+    hx, hy = series(steps, "entropy")
+    entropy = dict(zip(hx, hy, strict=True))
+    cx, cy = series(steps, "cov_mean")
+    ordered = sorted(entropy)
+    following = dict(itertools.pairwise(ordered))
+    points = [
+        (c, entropy[following[s]] - entropy[s], s)
+        for s, c in zip(cx, cy, strict=True)
+        if s in following and s in entropy
+    ]
+    fig = go.Figure(
+        go.Scatter(
+            x=[c for c, _, _ in points], y=[d for _, d, _ in points], mode="markers",
+            marker={"size": 5, "color": [s for *_, s in points], "colorscale": "Viridis"},
+            name="steps",
+        )
+    )  # fmt: skip
+    fig.add_hline(y=0, line_color="gray")
+    fig.add_vline(x=0, line_color="gray")
+    fig.update_xaxes(title_text="mean Cov(logp, A)")
+    fig.update_yaxes(title_text="ΔH to next step")
+    return _layout(fig, "Theory check: ΔH against covariance")
+
+
+def compare(runs: Mapping[str, Sequence[Mapping[str, Any]]], stat: str, title: str) -> go.Figure:
+    fig = go.Figure()
+    for run, steps in runs.items():
+        xs, ys = series(steps, stat)
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=run, mode="lines"))
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text=stat)
+    return _layout(fig, title)
