@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-from types import ModuleType
-
 import pytest
 
+from bench import bench_loss
 
-def test_runs_tiny_and_reports_every_mode(
-    bench_loss: ModuleType, capsys: pytest.CaptureFixture[str]
-) -> None:
+
+def test_runs_tiny_and_reports_every_mode(capsys: pytest.CaptureFixture[str]) -> None:
     rows = bench_loss.main(["--sizes", "2048", "--repeat", "1"])
     assert [r["mode"] for r in rows] == ["vanilla", "clip_cov", "kl_cov"]
     for r in rows:
