@@ -2,6 +2,46 @@
 
 from __future__ import annotations
 
+from client.batch import Batch, masked_batch
+from client.control import Control
+from client.covariance import Centred, Scope, centred, token_covariance
+from client.entropy import token_entropy
+from client.errors import ControlError, EntmonError
+from client.histograms import bucket_counts, bucket_indices, histogram_wire
+from client.losses import (
+    LossStats,
+    clip_cov_loss,
+    kl_cov_loss,
+    policy_loss,
+    select_tokens,
+    vanilla_ppo_loss,
+)
 from client.monitor import Monitor
+from client.selection import Selection
+from client.stats import PackedStep, StepAccumulator
 
-__all__ = ["Monitor"]
+__all__ = [
+    "Batch",
+    "Centred",
+    "Control",
+    "ControlError",
+    "EntmonError",
+    "LossStats",
+    "Monitor",
+    "PackedStep",
+    "Scope",
+    "Selection",
+    "StepAccumulator",
+    "bucket_counts",
+    "bucket_indices",
+    "centred",
+    "clip_cov_loss",
+    "histogram_wire",
+    "kl_cov_loss",
+    "masked_batch",
+    "policy_loss",
+    "select_tokens",
+    "token_covariance",
+    "token_entropy",
+    "vanilla_ppo_loss",
+]

@@ -1,0 +1,69 @@
+"""Per-token covariance between log-probability and advantage (ALGORITHM.md section 2).
+
+cov_i = (A_i - mean A) * (logp_i - mean logp) over the valid (response-mask) tokens of the
+selection unit. The log-probabilities are detached: covariance only drives token selection and
+statistics, never the gradient. Means are masked means; an all-masked input gives zero means.
+Whatever sits at masked positions (padding, even NaN) never reaches a mean or a covariance.
+
+The selection unit is the `scope`: "micro_batch" (the tensors passed in, as the reference) or
+"global" (means and count all-reduced over the default process group when one is initialised).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from client.batch import Batch, masked_batch
+
+Scope = Literal["micro_batch", "global"]
+SCOPES: tuple[Scope, ...] = ("micro_batch", "global")
+
+
+def is_global(scope: Scope) -> bool:
+    """Whether `scope` reduces over a process group (only "global" with one initialised)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    return scope == "global" and dist.is_available() and dist.is_initialized()
+
+
+class Centred(NamedTuple):
+    """Per-token covariance of a selection unit and the means it is centred on."""
+
+    cov: Tensor  # B, T fp32, 0 at masked tokens
+    lp_mean: Tensor  # 0-d fp32
+    adv_mean: Tensor  # 0-d fp32
+    n: Tensor  # 0-d int64, valid tokens of the scope
+    scope: Scope
+    masked_value: Tensor  # 0-d: what `cov` holds at every masked token (0, or NaN if diverged)
+
+
+@torch.no_grad()
+def centred(batch: Batch, scope: Scope = "micro_batch") -> Centred:
+    """The per-token covariance of a masked batch and its means over `scope`."""
+    lp = batch.log_prob.detach().float()  # B, T, 0 at masked tokens
+    adv = batch.advantages.float()  # B, T, 0 at masked tokens
+    n = batch.n
+    lp_sum, adv_sum = lp.sum(), adv.sum()
+    if is_global(scope):
+        sums = torch.stack([lp_sum.double(), adv_sum.double(), n.double()])
+        dist.all_reduce(sums)
+        lp_sum, adv_sum, n = sums[0].float(), sums[1].float(), sums[2].long()
+    denom = n.clamp(min=1)
+    lp_mean, adv_mean = lp_sum / denom, adv_sum / denom
+    # The reference's order of factors. At masked tokens the inputs are 0, so the product is
+    # finite unless a mean is not, and multiplying by `keep` zeroes it.
+    cov = ((adv - adv_mean) * (lp - lp_mean)).mul_(batch.keep)
+    masked_value = ((0.0 - adv_mean) * (0.0 - lp_mean)) * 0.0  # the same arithmetic, 0-d
+    return Centred(cov, lp_mean, adv_mean, n, scope, masked_value)
+
+
+@torch.no_grad()
+def token_covariance(
+    log_prob: Tensor, advantages: Tensor, response_mask: Tensor, *, scope: Scope = "micro_batch"
+) -> Tensor:
+    """Per-token covariance, shape of `log_prob`, fp32, 0 at masked tokens."""
+    return centred(masked_batch(log_prob, None, advantages, response_mask), scope).cov

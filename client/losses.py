@@ -1,0 +1,305 @@
+"""Policy losses: vanilla PPO (with clip-higher), Clip-Cov and KL-Cov, with verl's semantics.
+
+Inputs are verl's: [batch, response_len] tensors of current and old log-probs, advantages and a
+0/1 response mask. Aggregation is verl's "token-mean", sum(loss * mask) / max(sum(mask), 1), so an
+all-masked batch gives a finite 0 where verl gives NaN. Each function returns the loss and a
+`LossStats` of 0-d device tensors: nothing here reads the device, so the monitor can copy every
+statistic of a step to the host in one transfer (client/stats.py).
+
+Deliberate departures from verl, all outside the inputs verl accepts: a ratio of 0 switches
+Clip-Cov / KL-Cov off (verl asserts > 0); an all-masked batch gives 0, not NaN; and Clip-Cov's
+random choice draws from a `torch.Generator` you may pass (verl uses the global RNG), so the
+chosen tokens have the reference's distribution, not its exact draw. Like verl, Clip-Cov and
+KL-Cov do not clamp the log-ratio: a huge ratio overflows to inf and the loss and statistics
+report it instead of hiding it. Vanilla PPO is verl's `vanilla` mode: log-ratio clamped to
+[-20, 20] and dual-clip with `clip_ratio_c` (3.0) for negative advantages.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from client.batch import Batch, masked_batch
+from client.control import Control
+from client.covariance import Centred, Scope
+from client.selection import Selection, clip_cov_selection, kl_cov_selection
+from monitor.control_rules import (
+    DEFAULT_CLIP_COV_LB,
+    DEFAULT_CLIP_COV_RATIO,
+    DEFAULT_CLIP_COV_UB,
+    DEFAULT_CLIP_RATIO_HIGH,
+    DEFAULT_CLIP_RATIO_LOW,
+    DEFAULT_KL_COV_RATIO,
+    DEFAULT_PPO_KL_COEF,
+)
+
+DEFAULT_CLIP_RATIO_C = 3.0  # verl's dual-clip bound for negative advantages
+LOG_RATIO_CLAMP = 20.0  # verl's vanilla loss clamps the log-ratio to [-20, 20]
+
+
+class LossStats(NamedTuple):
+    """What one loss call saw, as 0-d device tensors (counts int64, means fp32).
+
+    `detached` is non-zero only for Clip-Cov, `penalised` and `penalised_abs_log_ratio_mean`
+    only for KL-Cov. `ppo_clip_frac` is the fraction of tokens where the PPO clip binds
+    (L2 > L1); KL-Cov applies no clip and reports what the clip would have done. `budget` is n
+    or K (divide by `tokens` for the effective ratio, inflated by the floor of 1 on small
+    batches). `batch` (the masked inputs) and `centred` (the covariance and means the selection
+    used; None for vanilla or a given selection) let the step statistics reuse the work. Pass
+    them only along with the same tensors the loss saw.
+    """
+
+    loss_mode: str
+    scope: str
+    tokens: Tensor
+    candidates: Tensor
+    detached: Tensor
+    penalised: Tensor
+    budget: Tensor
+    ppo_clip_frac: Tensor
+    log_ratio_mean: Tensor
+    abs_log_ratio_mean: Tensor
+    penalised_abs_log_ratio_mean: Tensor
+    batch: Batch | None = None
+    centred: Centred | None = None
+
+
+class _Terms(NamedTuple):
+    batch: Batch
+    log_ratio: Tensor  # B, T; 0 at masked tokens
+    pg1: Tensor  # -A * ratio; 0 at masked tokens
+    pg2: Tensor  # -A * clamp(ratio, 1 - eps_low, 1 + eps_high); 0 at masked tokens
+    clipped: Tensor  # B, T bool: pg2 > pg1 (never at masked tokens, where both are 0)
+
+
+def _terms(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    clip_ratio_low: float,
+    clip_ratio_high: float,
+    *,
+    clamp_log_ratio: bool = False,
+) -> _Terms:
+    batch = masked_batch(log_prob, old_log_prob, advantages, response_mask)
+    log_ratio = batch.log_prob - batch.old_log_prob
+    if clamp_log_ratio:
+        log_ratio = log_ratio.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    ratio = torch.exp(log_ratio)
+    neg_adv = -batch.advantages
+    pg1 = neg_adv * ratio
+    pg2 = neg_adv * torch.clamp(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)
+    with torch.no_grad():
+        clipped = pg2 > pg1
+    return _Terms(batch, log_ratio, pg1, pg2, clipped)
+
+
+def _token_mean(loss: Tensor, t: _Terms) -> Tensor:
+    # Per-token losses are exactly 0 at masked tokens (zeroed inputs), so a plain sum is the
+    # masked sum; an all-masked batch gives 0 / 1 = 0.
+    return loss.sum() / t.batch.n.clamp(min=1)
+
+
+@torch.no_grad()
+def _stats(
+    mode: str,
+    scope: Scope,
+    t: _Terms,
+    *,
+    selection: Selection | None = None,
+    centred: Centred | None = None,
+) -> LossStats:
+    device = t.batch.n.device
+    zero = torch.zeros((), dtype=torch.int64, device=device)
+    denom = t.batch.n.clamp(min=1)
+    log_ratio = t.log_ratio.detach()  # 0 at masked tokens
+    abs_lr = log_ratio.abs()
+    picked = zero if selection is None else torch.count_nonzero(selection.picked)
+    if mode == "kl_cov" and selection is not None:
+        pen_abs = torch.where(selection.picked, abs_lr, 0.0).sum() / picked.clamp(min=1)
+    else:
+        pen_abs = torch.zeros((), device=device)
+    candidates = zero
+    if mode == "clip_cov" and selection is not None:
+        candidates = torch.count_nonzero(selection.candidates)
+    return LossStats(
+        loss_mode=mode,
+        scope=scope,
+        tokens=t.batch.n,
+        candidates=candidates,
+        detached=picked if mode == "clip_cov" else zero,
+        penalised=picked if mode == "kl_cov" else zero,
+        budget=zero if selection is None else selection.budget,
+        ppo_clip_frac=torch.count_nonzero(t.clipped) / denom,
+        log_ratio_mean=log_ratio.sum() / denom,
+        abs_log_ratio_mean=abs_lr.sum() / denom,
+        penalised_abs_log_ratio_mean=pen_abs,
+        batch=t.batch,
+        centred=centred,
+    )
+
+
+def vanilla_ppo_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    *,
+    clip_ratio_low: float = DEFAULT_CLIP_RATIO_LOW,
+    clip_ratio_high: float = DEFAULT_CLIP_RATIO_HIGH,
+    clip_ratio_c: float | None = DEFAULT_CLIP_RATIO_C,
+) -> tuple[Tensor, LossStats]:
+    """PPO clipped loss with clip-higher (separate eps_low / eps_high), verl's `vanilla`.
+
+    `clip_ratio_c` is the dual-clip bound for negative advantages (None: no dual clip).
+    """
+    Control(clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high)  # validates
+    if clip_ratio_c is not None and not clip_ratio_c > 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1, got {clip_ratio_c}")
+    t = _terms(
+        log_prob, old_log_prob, advantages, response_mask, clip_ratio_low, clip_ratio_high,
+        clamp_log_ratio=True,
+    )  # fmt: skip
+    loss = torch.maximum(t.pg1, t.pg2)
+    if clip_ratio_c is not None:
+        # verl: where(A < 0, min(-A * c, loss), loss). For A >= 0, |A| * c >= 0 >= loss, so
+        # min(|A| * c, loss) is the same value (and gradient) without a `where`.
+        loss = torch.minimum(t.batch.advantages.abs() * clip_ratio_c, loss)
+    return _token_mean(loss, t), _stats("vanilla", "micro_batch", t)
+
+
+def clip_cov_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    *,
+    clip_cov_ratio: float = DEFAULT_CLIP_COV_RATIO,
+    clip_cov_lb: float = DEFAULT_CLIP_COV_LB,
+    clip_cov_ub: float = DEFAULT_CLIP_COV_UB,
+    clip_ratio_low: float = DEFAULT_CLIP_RATIO_LOW,
+    clip_ratio_high: float = DEFAULT_CLIP_RATIO_HIGH,
+    generator: torch.Generator | None = None,
+    scope: Scope = "micro_batch",
+    selection: Selection | None = None,
+) -> tuple[Tensor, LossStats]:
+    """Clip-Cov (verl `clip_cov`): the PPO-clipped loss with a few random high-covariance
+    tokens detached (zero loss, zero gradient; they still count in the token mean).
+
+    Candidates are valid, not PPO-clipped tokens with clip_cov_lb < cov < clip_cov_ub; the budget
+    is max(floor(clip_cov_ratio * valid tokens), 1). Pass `selection` (from `select_tokens`) to
+    use a selection made on a larger batch instead of selecting here.
+    """
+    Control(
+        clip_cov_ratio=clip_cov_ratio, clip_cov_lb=clip_cov_lb, clip_cov_ub=clip_cov_ub,
+        clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high,
+    )  # fmt: skip
+    t = _terms(log_prob, old_log_prob, advantages, response_mask, clip_ratio_low, clip_ratio_high)
+    c = None
+    if selection is None:
+        selection, c = clip_cov_selection(
+            t.batch, t.clipped,
+            clip_cov_ratio=clip_cov_ratio, clip_cov_lb=clip_cov_lb, clip_cov_ub=clip_cov_ub,
+            generator=generator, scope=scope,
+        )  # fmt: skip
+    loss = torch.maximum(t.pg1, t.pg2).masked_fill(selection.picked, 0.0)
+    return _token_mean(loss, t), _stats("clip_cov", scope, t, selection=selection, centred=c)
+
+
+def kl_cov_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    *,
+    kl_cov_ratio: float = DEFAULT_KL_COV_RATIO,
+    ppo_kl_coef: float = DEFAULT_PPO_KL_COEF,
+    clip_ratio_low: float = DEFAULT_CLIP_RATIO_LOW,
+    clip_ratio_high: float = DEFAULT_CLIP_RATIO_HIGH,
+    scope: Scope = "micro_batch",
+    selection: Selection | None = None,
+) -> tuple[Tensor, LossStats]:
+    """KL-Cov (verl `kl_cov`): the UNCLIPPED loss -A * ratio, plus ppo_kl_coef * |log-ratio|
+    on the K = max(floor(kl_cov_ratio * valid tokens), 1) tokens of largest covariance.
+
+    The clip ratios only feed the `ppo_clip_frac` statistic. On-policy (log_prob equal to
+    old_log_prob) the penalty is 0 and this is the plain unclipped policy gradient.
+    """
+    Control(
+        kl_cov_ratio=kl_cov_ratio, ppo_kl_coef=ppo_kl_coef,
+        clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high,
+    )  # fmt: skip
+    t = _terms(log_prob, old_log_prob, advantages, response_mask, clip_ratio_low, clip_ratio_high)
+    c = None
+    if selection is None:
+        selection, c = kl_cov_selection(t.batch, kl_cov_ratio=kl_cov_ratio, scope=scope)
+    penalty = ppo_kl_coef * t.log_ratio.abs()
+    loss = torch.where(selection.picked, t.pg1 + penalty, t.pg1)
+    return _token_mean(loss, t), _stats("kl_cov", scope, t, selection=selection, centred=c)
+
+
+def policy_loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    control: Control,
+    *,
+    generator: torch.Generator | None = None,
+    scope: Scope = "micro_batch",
+    selection: Selection | None = None,
+) -> tuple[Tensor, LossStats]:
+    """The loss `control.loss_mode` names, with the control's knobs."""
+    if control.loss_mode == "clip_cov":
+        return clip_cov_loss(
+            log_prob, old_log_prob, advantages, response_mask,
+            clip_cov_ratio=control.clip_cov_ratio, clip_cov_lb=control.clip_cov_lb,
+            clip_cov_ub=control.clip_cov_ub, clip_ratio_low=control.clip_ratio_low,
+            clip_ratio_high=control.clip_ratio_high, generator=generator, scope=scope,
+            selection=selection,
+        )  # fmt: skip
+    if control.loss_mode == "kl_cov":
+        return kl_cov_loss(
+            log_prob, old_log_prob, advantages, response_mask,
+            kl_cov_ratio=control.kl_cov_ratio, ppo_kl_coef=control.ppo_kl_coef,
+            clip_ratio_low=control.clip_ratio_low, clip_ratio_high=control.clip_ratio_high,
+            scope=scope, selection=selection,
+        )  # fmt: skip
+    return vanilla_ppo_loss(
+        log_prob, old_log_prob, advantages, response_mask,
+        clip_ratio_low=control.clip_ratio_low, clip_ratio_high=control.clip_ratio_high,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def select_tokens(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    control: Control,
+    *,
+    generator: torch.Generator | None = None,
+    scope: Scope = "global",
+) -> Selection | None:
+    """Select once on a whole mini-batch (current log-probs from a no-grad forward), then pass
+    `selection.rows(micro_batch_rows)` to each micro-batch's loss: the selection then no longer
+    depends on the micro-batch split (and, with scope "global", not on the rank split either).
+    None for the vanilla loss, which selects nothing."""
+    if control.loss_mode == "vanilla":
+        return None
+    t = _terms(
+        log_prob, old_log_prob, advantages, response_mask,
+        control.clip_ratio_low, control.clip_ratio_high,
+    )  # fmt: skip
+    if control.loss_mode == "kl_cov":
+        return kl_cov_selection(t.batch, kl_cov_ratio=control.kl_cov_ratio, scope=scope)[0]
+    return clip_cov_selection(
+        t.batch, t.clipped,
+        clip_cov_ratio=control.clip_cov_ratio, clip_cov_lb=control.clip_cov_lb,
+        clip_cov_ub=control.clip_cov_ub, generator=generator, scope=scope,
+    )[0]  # fmt: skip

@@ -1,0 +1,179 @@
+"""Which tokens Clip-Cov detaches and KL-Cov penalises (ALGORITHM.md sections 3-5).
+
+Sync-free: the budget (n for Clip-Cov, K for KL-Cov) depends on the number of valid tokens, a
+device value. Instead of reading it to the host, as the reference does with `.item()`, we take
+a `topk` of a size the host knows from the shapes (the budget at a full mask, which bounds the
+real one) and keep the first `budget` entries with a device-side comparison.
+
+- KL-Cov: the K valid tokens with the largest covariance (`topk`, deterministic).
+- Clip-Cov: min(n, #candidates) candidates uniformly at random. Every token draws a uniform key
+  from the caller's `torch.Generator`; the n candidates with the smallest keys are a uniformly
+  random subset, the same distribution as the reference's `randperm` prefix (not the same draw).
+
+Scope. "micro_batch" (the reference, default): the means and the budget are those of the tensors
+passed in. "global": means, token count and budget are all-reduced over the default process
+group, and the threshold is the global K-th largest covariance (KL-Cov) or the global n-th
+smallest key (Clip-Cov), so the selection no longer depends on how the batch is split over ranks
+(verl issue #7829). To make it independent of the micro-batch split as well, call
+`select_tokens` once on the whole mini-batch (a no-grad forward gives current log-probs; verl PR
+#7830 does the same) and pass each micro-batch its `Selection.rows(...)`. In global scope the
+Clip-Cov keys are a hash of (seed, global row, position), so a token gets the same key on
+whichever rank it lands; the seed comes from rank 0's generator. Global scope reads one number
+to the host (the global token count, which sizes the exchanged top-k) and does two collectives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from client.batch import Batch
+from client.covariance import Centred, Scope, centred, is_global
+
+_NEVER = 2.0  # Clip-Cov key of a non-candidate: above every uniform key in [0, 1)
+_M31 = (1 << 31) - 1
+_HASH_MULT = 0x45D9F3B  # < 2**27: products of 31-bit values stay below 2**58, no overflow
+_KEY_NEVER = (1 << 62) + 1  # above every 62-bit hash key
+_LOWEST = torch.finfo(torch.float32).min  # KL-Cov score of masked tokens
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of a selection for one batch (all device tensors, no host sync).
+
+    picked: bool [B, T], tokens detached (Clip-Cov) or penalised (KL-Cov).
+    candidates: bool [B, T], tokens eligible (Clip-Cov: inside (lb, ub) and not PPO-clipped;
+        KL-Cov: every valid token).
+    budget: 0-d int64, n or K of the selection unit.
+    """
+
+    picked: Tensor
+    candidates: Tensor
+    budget: Tensor
+
+    def rows(self, index: slice | Tensor) -> Selection:
+        """The selection restricted to some rows (a micro-batch of its mini-batch)."""
+        return Selection(self.picked[index], self.candidates[index], self.budget)
+
+
+def budget(ratio: float, n_valid: Tensor) -> Tensor:
+    """max(floor(ratio * n_valid), 1) on the device (float64, like Python's int(ratio * n)).
+
+    A ratio of exactly 0 switches the intervention off (budget 0); the reference rejects 0.
+    """
+    if ratio == 0:
+        return torch.zeros((), dtype=torch.int64, device=n_valid.device)
+    return torch.floor(n_valid.double() * ratio).clamp(min=1).long()
+
+
+def static_budget(ratio: float, numel: int) -> int:
+    """The budget at a full mask: a host-side bound on `budget`, sizing the topk."""
+    return 0 if ratio == 0 or numel == 0 else min(numel, max(int(ratio * numel), 1))
+
+
+@torch.no_grad()
+def kl_cov_selection(
+    batch: Batch, *, kl_cov_ratio: float, scope: Scope
+) -> tuple[Selection, Centred]:
+    """The K valid tokens of largest covariance, and the covariance they were chosen by."""
+    c = centred(batch, scope)
+    K = budget(kl_cov_ratio, c.n)
+    valid = batch.valid.view(-1)  # N
+    # Masked tokens score the lowest float (a multiply-add is cheaper than a `where`).
+    score = (batch.keep.view(-1) - 1.0).mul_(-_LOWEST).add_(c.cov.view(-1))  # N
+    if is_global(scope):
+        k = static_budget(kl_cov_ratio, int(c.n.item()))  # the one host read of global scope
+        picked = _global_top(score, valid, k, K, largest=True)
+    else:
+        k = static_budget(kl_cov_ratio, score.numel())
+        picked = _local_top(score, valid, k, K, largest=True)
+    return Selection(picked.view_as(batch.valid), batch.valid, K), c
+
+
+@torch.no_grad()
+def clip_cov_selection(
+    batch: Batch,
+    ppo_clipped: Tensor,
+    *,
+    clip_cov_ratio: float,
+    clip_cov_lb: float,
+    clip_cov_ub: float,
+    generator: torch.Generator | None,
+    scope: Scope,
+) -> tuple[Selection, Centred]:
+    """min(n, #candidates) random candidates, and the covariance they were chosen by."""
+    c = centred(batch, scope)
+    candidates = batch.valid & ~ppo_clipped & (c.cov > clip_cov_lb) & (c.cov < clip_cov_ub)
+    N = budget(clip_cov_ratio, c.n)
+    shape, device = batch.valid.shape, batch.valid.device
+    if is_global(scope):
+        keys = _hash_keys(shape, generator, device)  # B, T
+        keys = torch.where(candidates, keys, _KEY_NEVER).view(-1)
+        k = static_budget(clip_cov_ratio, int(c.n.item()))  # the one host read of global scope
+        picked = _global_top(keys, candidates.view(-1), k, N, largest=False)
+    else:
+        keys = torch.rand(shape, generator=generator, device=device)
+        keys = torch.where(candidates, keys, _NEVER).view(-1)
+        k = static_budget(clip_cov_ratio, keys.numel())
+        picked = _local_top(keys, candidates.view(-1), k, N, largest=False)
+    return Selection(picked.view_as(batch.valid), candidates, N), c
+
+
+def _local_top(score: Tensor, eligible: Tensor, k: int, budget: Tensor, *, largest: bool) -> Tensor:
+    """Mask of the first `budget` (<= k) eligible entries of `score` in topk order."""
+    picked = torch.zeros_like(eligible)
+    if k == 0:
+        return picked
+    idx = torch.topk(score, k, largest=largest, sorted=True).indices  # k
+    keep = (torch.arange(k, device=score.device) < budget) & eligible[idx]
+    return picked.index_put_((idx,), keep)
+
+
+def _global_top(
+    score: Tensor, eligible: Tensor, k: int, budget: Tensor, *, largest: bool
+) -> Tensor:
+    """Mask of the eligible entries within the global `budget` best over all ranks (ties: all)."""
+    if k == 0:
+        return torch.zeros_like(eligible)
+    worst = -torch.inf if largest else _KEY_NEVER
+    local = torch.full((k,), worst, dtype=score.dtype, device=score.device)
+    kk = min(k, score.numel())
+    if kk:
+        local[:kk] = torch.topk(score, kk, largest=largest, sorted=True).values
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    best = torch.topk(torch.cat(gathered), k, largest=largest, sorted=True).values  # k
+    threshold = best[(budget - 1).clamp(min=0, max=k - 1)]
+    inside = score >= threshold if largest else score <= threshold
+    return inside & eligible & (budget > 0)
+
+
+def _mix31(x: Tensor) -> Tensor:
+    """An integer hash of 31-bit values (int64 arithmetic that never overflows)."""
+    x = x ^ (x >> 16)
+    x = (x * _HASH_MULT) & _M31
+    x = x ^ (x >> 16)
+    x = (x * _HASH_MULT) & _M31
+    return x ^ (x >> 16)
+
+
+def _hash_keys(
+    shape: torch.Size, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """62-bit keys, a hash of (seed, global row, position): independent of the split of rows
+    over ranks. The seed is drawn from rank 0's generator and broadcast."""
+    B, T = shape  # rows, positions
+    seeds = torch.randint(0, _M31, (2,), generator=generator, device=device)
+    dist.broadcast(seeds, src=0)
+    rows = torch.tensor([B], dtype=torch.int64, device=device)
+    all_rows = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    dist.all_gather(all_rows, rows)
+    offset = torch.stack(all_rows)[: dist.get_rank()].sum()
+    row = (torch.arange(B, device=device) + offset).unsqueeze(1)  # B, 1 (global row)
+    pos = torch.arange(T, device=device).unsqueeze(0)  # 1, T
+    hi = _mix31((_mix31(row ^ seeds[0]) + pos) & _M31)  # B, T
+    lo = _mix31((_mix31(row ^ seeds[1]) + pos * 3 + 1) & _M31)  # B, T
+    return (hi << 31) | lo

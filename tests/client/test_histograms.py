@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from client.histograms import bucket_counts, bucket_counts_except, bucket_indices, histogram_wire
+from monitor.layouts import LAYOUTS, bucket_count, bucket_index
+from monitor.merge import merge_counts
+
+
+def reference_wire(layout: str, values: list[float]) -> dict[str, object]:
+    """Pure-Python histogram with the layouts module's own bucket_index."""
+    counts = [0] * bucket_count(layout)
+    nonfinite = 0
+    for v in values:
+        if math.isnan(v):
+            nonfinite += 1
+        else:
+            counts[bucket_index(layout, v)] += 1
+    return {"layout": layout, "counts": counts, "nonfinite": nonfinite}
+
+
+def wire(layout: str, values: list[float], dtype: torch.dtype = torch.float32) -> dict[str, object]:
+    return histogram_wire(layout, bucket_counts(torch.tensor(values, dtype=dtype), layout).tolist())
+
+
+def edge_values(layout: str) -> list[float]:
+    """Every bound, its neighbours in float32 and float64, and the special values."""
+    out = [0.0, -0.0, math.inf, -math.inf, 1e-45, -1e-45, 3e38, -3e38]
+    for b in LAYOUTS[layout]:
+        for dtype in (torch.float32, torch.float64):
+            x = torch.tensor(b, dtype=torch.float64).to(dtype)
+            for y in (
+                x,
+                torch.nextafter(x, x.new_tensor(math.inf)),
+                torch.nextafter(x, x.new_tensor(-math.inf)),
+            ):
+                out.append(float(y))
+    return out
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_le_semantics_at_every_bound(layout: str, dtype: torch.dtype) -> None:
+    values = [float(torch.tensor(v, dtype=dtype)) for v in edge_values(layout)]
+    got = bucket_indices(torch.tensor(values, dtype=dtype), layout).tolist()
+    assert got == [bucket_index(layout, v) for v in values]
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_matches_binary_search_on_heavy_tailed_values(layout: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200_000, generator=g) * torch.exp(torch.randn(200_000, generator=g) * 5)
+    want = torch.bucketize(x.double(), torch.tensor(LAYOUTS[layout], dtype=torch.float64))
+    assert torch.equal(bucket_indices(x, layout), want)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_nan_is_counted_apart_and_masked_values_not_at_all(layout: str) -> None:
+    x = torch.tensor([1.0, math.nan, -2.0, math.nan, 3.0])
+    mask = torch.tensor([True, True, False, False, True])
+    h = histogram_wire(layout, bucket_counts(x, layout, mask).tolist())
+    assert h["nonfinite"] == 1 and sum(h["counts"]) == 2
+    assert bucket_indices(x, layout, mask).tolist()[2] == bucket_count(layout) + 1
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_counting_all_then_removing_masked_zeros_equals_masking(layout: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5000, generator=g) * 3
+    mask = torch.rand(5000, generator=g) > 0.4
+    zeroed = torch.where(mask, x, 0.0)
+    got = bucket_counts_except(zeroed, layout, torch.tensor(0.0), (~mask).sum())
+    assert torch.equal(got, bucket_counts(x, layout, mask))
+
+
+finite_or_not = st.floats(allow_nan=True, allow_infinity=True, width=32)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    layout=st.sampled_from(sorted(LAYOUTS)),
+    a=st.lists(finite_or_not, max_size=60),
+    b=st.lists(finite_or_not, max_size=60),
+)
+def test_merge_of_histograms_is_histogram_of_concatenation(
+    layout: str, a: list[float], b: list[float]
+) -> None:
+    merged = merge_counts([wire(layout, a), wire(layout, b)])
+    assert merged == wire(layout, a + b) == reference_wire(layout, a + b)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    layout=st.sampled_from(sorted(LAYOUTS)),
+    values=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), max_size=40),
+)
+def test_float64_values_bucket_like_the_reference(layout: str, values: list[float]) -> None:
+    assert wire(layout, values, torch.float64) == reference_wire(layout, values)
+
+
+def test_wire_form_checks_its_length() -> None:
+    with pytest.raises(ValueError, match="bucket counts"):
+        histogram_wire("entropy-v1", [0] * 3)

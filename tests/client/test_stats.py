@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from client.control import Control
+from client.histograms import bucket_counts, histogram_wire
+from client.losses import policy_loss
+from client.report import REPORT_STATS
+from client.stats import StepAccumulator
+from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT
+from monitor.schemas import Histogram, StepStats, TopToken
+
+
+def make(seed: int, B: int = 8, T: int = 100) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    lp = -torch.rand(B, T, generator=g) * 3
+    return {
+        "log_prob": lp,
+        "old_log_prob": lp + 0.1 * torch.randn(B, T, generator=g),
+        "advantages": torch.randn(B, 1, generator=g).expand(B, T).contiguous(),
+        "response_mask": (torch.arange(T) < torch.randint(1, T + 1, (B, 1), generator=g)).float(),
+        "entropy": torch.rand(B, T, generator=g) * 5,
+        "token_ids": torch.randint(0, 50_000, (B, T), generator=g),
+    }
+
+
+def parts(batch: dict[str, torch.Tensor], n: int) -> Iterator[dict[str, torch.Tensor]]:
+    B = batch["log_prob"].shape[0]
+    for rows in torch.arange(B).split(B // n):
+        yield {k: v[rows] for k, v in batch.items()}
+
+
+def add(acc: StepAccumulator, b: dict[str, torch.Tensor], **kwargs: Any) -> None:
+    acc.add(
+        b["log_prob"], b["old_log_prob"], b["advantages"], b["response_mask"],
+        entropy=b["entropy"], token_ids=b["token_ids"], **kwargs,
+    )  # fmt: skip
+
+
+def reference(batch: dict[str, torch.Tensor], n_parts: int) -> dict[str, Any]:
+    """Float64 statistics straight from the definitions (covariance per micro-batch)."""
+    covs, lps, advs, ents, lrs, lengths = [], [], [], [], [], []
+    for b in parts(batch, n_parts):
+        valid = b["response_mask"] > 0
+        lp, adv = b["log_prob"].double()[valid], b["advantages"].double()[valid]
+        covs.append((lp - lp.mean()) * (adv - adv.mean()) if len(lp) else lp)
+        lps.append(lp)
+        advs.append(adv)
+        ents.append(b["entropy"].double()[valid])
+        lrs.append((b["log_prob"] - b["old_log_prob"]).double()[valid])
+        lengths += [int(x) for x in valid.sum(-1) if x > 0]
+    cov, ent = torch.cat(covs), torch.cat(ents)
+    k = max(int(2e-4 * len(cov)), 1)
+    return {
+        "tokens": len(cov),
+        "logp_mean": torch.cat(lps).mean(),
+        "adv_mean": torch.cat(advs).mean(),
+        "adv_std": torch.cat(advs).std(correction=0),
+        "cov_mean": cov.mean(),
+        "cov_std": cov.std(correction=0),
+        "cov_max": cov.max(),
+        "cov_top_concentration": torch.topk(cov, k).values.mean() / cov.mean(),
+        "entropy": ent.mean(),
+        "abs_log_ratio_mean": torch.cat(lrs).abs().mean(),
+        "response_length": sum(lengths) / len(lengths),
+        "cov": cov,
+        "ent": ent,
+    }
+
+
+@pytest.mark.parametrize("n_parts", [1, 4])
+def test_step_statistics_match_the_definitions(n_parts: int) -> None:
+    batch = make(0)
+    acc = StepAccumulator()
+    for b in parts(batch, n_parts):
+        add(acc, b)
+    out = acc.pack().unpack()
+    ref = reference(batch, n_parts)
+    stats = out["stats"]
+    assert stats["tokens"] == ref["tokens"]
+    for name in (
+        "logp_mean", "adv_mean", "adv_std", "cov_mean", "cov_std", "cov_max",
+        "cov_top_concentration", "entropy", "abs_log_ratio_mean", "response_length",
+    ):  # fmt: skip
+        assert stats[name] == pytest.approx(float(ref[name]), rel=1e-5, abs=1e-6), name
+    want_cov = bucket_counts(ref["cov"].float(), COVARIANCE_LAYOUT).tolist()
+    want_ent = bucket_counts(ref["ent"].float(), ENTROPY_LAYOUT).tolist()
+    assert out["histograms"]["covariance"] == histogram_wire(COVARIANCE_LAYOUT, want_cov)
+    assert out["histograms"]["entropy"] == histogram_wire(ENTROPY_LAYOUT, want_ent)
+    assert set(stats) <= set(REPORT_STATS)
+
+
+def test_top_tokens_are_the_highest_covariance_valid_tokens() -> None:
+    batch = make(1)
+
+    class Tokenizer:
+        def decode(self, ids: list[int]) -> str:
+            return f"<{ids[0]}>"
+
+    acc = StepAccumulator(top_tokens=5)
+    for b in parts(batch, 2):
+        add(acc, b)
+    top = acc.pack().unpack(tokenizer=Tokenizer())["top_tokens"]
+    ref = torch.sort(reference(batch, 2)["cov"], descending=True).values[:5]
+    assert [t["cov"] for t in top] == pytest.approx(ref.tolist(), rel=1e-6)
+    for t in top:  # each row points back at a real valid token of the batch
+        hits = (batch["token_ids"] == t["token_id"]) & (batch["response_mask"] > 0)
+        rows = hits.nonzero()
+        assert any(int(c) == t["position"] for _, c in rows)
+        assert t["text"] == f"<{t['token_id']}>"
+        assert 0.0 <= t["entropy"] <= 5.0
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "clip_cov", "kl_cov"])
+def test_loss_statistics_are_token_weighted_and_mode_specific(mode: str) -> None:
+    batch = make(2, B=8, T=400)
+    control = Control(loss_mode=mode, clip_cov_lb=0.1, clip_cov_ratio=0.01)
+    acc, plain = StepAccumulator(), StepAccumulator()
+    losses, stats = [], []
+    for b in parts(batch, 4):
+        lp, old, adv, mask = (
+            b[k] for k in ("log_prob", "old_log_prob", "advantages", "response_mask")
+        )
+        loss, s = policy_loss(
+            lp, old, adv, mask, control, generator=torch.Generator().manual_seed(0)
+        )
+        add(acc, b, loss=loss, loss_stats=s)
+        add(plain, b)
+        losses.append(loss)
+        stats.append(s)
+    out = acc.pack().unpack()["stats"]
+    tokens = torch.stack([s.tokens for s in stats]).double()
+    mean = lambda xs: float((torch.stack(xs).double() * tokens).sum() / tokens.sum())  # noqa: E731
+    assert out["policy_loss"] == pytest.approx(mean(losses), rel=1e-6)
+    assert out["ppo_clip_frac"] == pytest.approx(mean([s.ppo_clip_frac for s in stats]), rel=1e-6)
+    if mode == "clip_cov":
+        assert out["detached"] == sum(int(s.detached) for s in stats) > 0
+        assert out["candidates"] == sum(int(s.candidates) for s in stats)
+        assert "penalised" not in out
+    elif mode == "kl_cov":
+        assert out["penalised"] == sum(int(s.penalised) for s in stats) > 0
+        assert "detached" not in out and "candidates" not in out
+    else:
+        assert not {"detached", "penalised", "candidates"} & set(out)
+    # Reusing the loss's work gives the same data statistics as computing them afresh.
+    fresh = plain.pack().unpack()["stats"]
+    for name in ("cov_mean", "cov_std", "cov_max", "adv_std", "logp_mean", "abs_log_ratio_mean"):
+        assert out[name] == pytest.approx(fresh[name], rel=1e-6), name
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "clip_cov", "kl_cov"])
+def test_loss_add_and_pack_never_read_the_device(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = make(3)
+    control = Control(loss_mode=mode, clip_cov_lb=0.1)
+    acc = StepAccumulator()
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("host-device synchronisation")
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"):
+            m.setattr(torch.Tensor, name, forbidden)
+        for b in parts(batch, 2):
+            lp, old, adv, mask = (
+                b[k] for k in ("log_prob", "old_log_prob", "advantages", "response_mask")
+            )
+            loss, s = policy_loss(lp, old, adv, mask, control)
+            add(acc, b, loss=loss, loss_stats=s)
+        packed = acc.pack()
+    assert packed.ready()
+    assert packed.unpack()["stats"]["tokens"] == int((batch["response_mask"] > 0).sum())
+
+
+def test_empty_and_all_masked_steps() -> None:
+    acc = StepAccumulator()
+    assert acc.pack().unpack() == {"stats": {}, "histograms": {}, "top_tokens": [], "user": {}}
+    b = make(4)
+    b["response_mask"] = torch.zeros_like(b["response_mask"])
+    add(acc, b)
+    out = acc.pack().unpack()
+    assert out["stats"] == {"tokens": 0}
+    assert out["top_tokens"] == []
+    assert sum(out["histograms"]["covariance"]["counts"]) == 0
+    assert out["histograms"]["entropy"]["nonfinite"] == 0
+
+
+def test_non_finite_values_are_reported() -> None:
+    b = make(5)
+    b["entropy"][0, 0] = math.nan
+    b["response_mask"][0, 0] = 1.0
+    b["log_prob"][1, 0] = math.nan
+    b["response_mask"][1, 0] = 1.0
+    acc = StepAccumulator()
+    add(acc, b)
+    out = acc.pack().unpack()
+    assert math.isnan(out["stats"]["entropy"]) and math.isnan(out["stats"]["logp_mean"])
+    assert out["histograms"]["entropy"]["nonfinite"] == 1
+    assert out["histograms"]["covariance"]["nonfinite"] == out["stats"]["tokens"]
+    assert out["top_tokens"] == []  # no finite covariance to rank
+
+
+def test_pack_resets_and_output_fits_the_wire_schema() -> None:
+    acc = StepAccumulator()
+    b = make(6)
+    control = Control(loss_mode="clip_cov", clip_cov_lb=0.1)
+    lp, old, adv, mask = (b[k] for k in ("log_prob", "old_log_prob", "advantages", "response_mask"))
+    loss, s = policy_loss(lp, old, adv, mask, control)
+    add(acc, b, loss=loss, loss_stats=s)
+    out = acc.pack().unpack()
+    StepStats(**out["stats"])
+    for h in out["histograms"].values():
+        Histogram(**h)
+    for t in out["top_tokens"]:
+        TopToken(**t)
+    assert out["user"]["selection_effective_ratio"] == pytest.approx(int(s.budget) / int(s.tokens))
+    assert acc.pack().unpack()["stats"] == {}
