@@ -13,7 +13,7 @@ from client.losses import policy_loss
 from client.report import REPORT_STATS
 from client.stats import StepAccumulator
 from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT
-from monitor.schemas import Histogram, StepStats, TopToken
+from monitor.schemas import StepHistograms, StepStats, TopToken
 
 
 def make(seed: int, B: int = 8, T: int = 100) -> dict[str, torch.Tensor]:
@@ -215,8 +215,7 @@ def test_pack_resets_and_output_fits_the_wire_schema() -> None:
     add(acc, b, loss=loss, loss_stats=s)
     out = acc.pack().unpack()
     StepStats(**out["stats"])
-    for h in out["histograms"].values():
-        Histogram(**h)
+    StepHistograms(**out["histograms"])
     for t in out["top_tokens"]:
         TopToken(**t)
     assert out["user"]["selection_effective_ratio"] == pytest.approx(int(s.budget) / int(s.tokens))
