@@ -7,7 +7,10 @@ PIP := $(PY) -m pip
 # torch pulled in by a dependency would fetch gigabytes of CUDA packages.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint typecheck pytest clean
+# Debian packages the tests drive for real: a headless browser and Prometheus (promtool).
+SYSTEM_PACKAGES := chromium prometheus
+
+.PHONY: demo test lint typecheck pytest clean system-deps
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +22,19 @@ $(VENV)/.installed-%: pyproject.toml
 demo: $(VENV)/.installed-all
 	$(VENV)/bin/entmon demo $(DEMO_ARGS)
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev system-deps
 	$(MAKE) lint typecheck pytest
+
+# Installs what is missing (as root, as on these machines); otherwise says what to install.
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing system packages:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
 
 lint:
 	$(VENV)/bin/ruff check .

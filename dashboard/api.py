@@ -47,12 +47,24 @@ def list_runs(client: httpx.Client) -> list[dict[str, Any]]:
 
 
 def get_steps(
-    client: httpx.Client, run: str, *, max_points: int = MAX_POINTS
+    client: httpx.Client,
+    run: str,
+    *,
+    start: int | None = None,
+    end: int | None = None,
+    max_points: int = MAX_POINTS,
+    stats: tuple[str, ...] | None = None,
 ) -> list[dict[str, Any]]:
-    steps: list[dict[str, Any]] = _get(client, f"/v1/runs/{run}/steps", max_points=max_points)[
-        "steps"
-    ]
+    path = f"/v1/runs/{run}/steps"
+    wanted = ",".join(stats) if stats else None
+    body = _get(client, path, start=start, end=end, max_points=max_points, stats=wanted)
+    steps: list[dict[str, Any]] = body["steps"]
     return steps
+
+
+def get_run(client: httpx.Client, run: str) -> dict[str, Any]:
+    summary: dict[str, Any] = _get(client, f"/v1/runs/{run}")
+    return summary
 
 
 def get_histograms(

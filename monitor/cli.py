@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ def _is_loopback(host: str) -> bool:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from monitor.main import create_app
+    from monitor.embedded_redis import EmbeddedRedis
     from monitor.settings import Settings
 
     settings = Settings()
@@ -37,7 +38,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    embedded = None
+    if settings.redis_url is None:  # the embedded default, started once for every worker
+        embedded = EmbeddedRedis(
+            settings.data_dir / "redis", appendfsync=settings.redis_appendfsync
+        ).start()
+        os.environ["ENTMON_REDIS_URL"] = embedded.url
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the
+    # `finally` below still stops the embedded Redis.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    try:
+        uvicorn.run(
+            "monitor.main:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=args.log_level,
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if embedded is not None:
+            embedded.stop()
     return 0
 
 
@@ -49,6 +72,7 @@ def dashboard_command(port: int) -> list[str]:
         "--server.address", "127.0.0.1",
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer",
     ]  # fmt: skip
 
 
@@ -109,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes; they share Redis and keep no state"
+    )
     serve.set_defaults(func=cmd_serve)
 
     dash = sub.add_parser("dashboard", help="run the Streamlit dashboard (API at ENTMON_URL)")

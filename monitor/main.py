@@ -1,8 +1,7 @@
-"""Builds the FastAPI app. The lifespan owns the Redis pool (and the embedded Redis, if any)."""
+"""Builds the FastAPI app. The lifespan owns the Redis pool."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,10 +13,9 @@ from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from monitor.embedded_redis import EmbeddedRedis
 from monitor.metrics import REPORTS_REJECTED
 from monitor.middleware import LimitsAndTiming
-from monitor.routers import control, health, metrics, reports, runs
+from monitor.routers import analysis, control, health, metrics, reports, runs
 from monitor.settings import Settings
 from monitor.store import Store
 
@@ -30,14 +28,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        embedded = None
         url = settings.redis_url
-        if url is None:
-            embedded = EmbeddedRedis(
-                settings.data_dir / "redis", appendfsync=settings.redis_appendfsync
+        if url is None:  # `entmon serve` starts the embedded Redis and sets the URL
+            raise RuntimeError(
+                "ENTMON_REDIS_URL is unset: run `entmon serve` (it starts an embedded Redis) "
+                "or point ENTMON_REDIS_URL at a Redis"
             )
-            await asyncio.to_thread(embedded.start)
-            url = embedded.url
         if not settings.auth_enabled:
             log.warning(
                 "NO TOKENS CONFIGURED: open access, anyone who reaches this port may write reports "
@@ -56,8 +52,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await redis.aclose()
-            if embedded is not None:
-                await asyncio.to_thread(embedded.stop)
 
     app = FastAPI(
         title="entmon",
@@ -66,7 +60,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(LimitsAndTiming, max_body_bytes=settings.max_body_bytes)
-    for router in (health.router, metrics.router, reports.router, runs.router, control.router):
+    for router in (
+        health.router,
+        metrics.router,
+        reports.router,
+        runs.router,
+        control.router,
+        analysis.router,
+    ):
         app.include_router(router)
 
     @app.exception_handler(RedisError)

@@ -18,6 +18,8 @@ POOLED_STDS = {"cov_std": "cov_mean", "adv_std": "adv_mean"}
 
 
 def merge_stats(ranks: Sequence[Mapping[str, float | int | None]]) -> dict[str, float | int | None]:
+    if len(ranks) == 1:  # the common single-process case: nothing to merge
+        return dict(ranks[0])
     weights = [_weight(r) for r in ranks]
     names = {k for r in ranks for k in r}
     merged: dict[str, float | int | None] = {}
@@ -40,6 +42,8 @@ def merge_stats(ranks: Sequence[Mapping[str, float | int | None]]) -> dict[str, 
 
 
 def merge_user(ranks: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    if len(ranks) == 1:
+        return dict(ranks[0])
     names = {k for r in ranks for k in r}
     return {k: _weighted_mean([(r[k], 1.0) for r in ranks if k in r]) for k in sorted(names)}
 

@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from monitor.analysis import FLAGS, STATES, Analysis
 from monitor.layouts import upper_bound_labels
 from monitor.schemas import Control, StepPoint
 
@@ -93,6 +94,7 @@ class RunSnapshot:
         control: Control,
         start_entropy: float | None,
         histograms: Mapping[str, Mapping[str, Any]],
+        analysis: Analysis | None = None,
     ) -> None:
         self.run = run
         self.latest = latest
@@ -100,6 +102,7 @@ class RunSnapshot:
         self.control = control
         self.start_entropy = start_entropy
         self.histograms = histograms
+        self.analysis = analysis
 
 
 def run_families(snapshots: Iterable[RunSnapshot]) -> list[Metric]:
@@ -189,7 +192,45 @@ def run_families(snapshots: Iterable[RunSnapshot]) -> list[Metric]:
             gsum = float(mean) * cumulative if mean is not None else math.nan
             gh.add_metric([s.run], buckets, gsum_value=gsum)
         families.append(gh)
-    return families
+    return families + analysis_families(snaps)
+
+
+def analysis_families(snaps: Iterable[RunSnapshot]) -> list[Metric]:
+    """Gauges of the run analysis (monitor/ANALYSIS.md), computed at scrape time from a bounded
+    sample of the run's steps."""
+    ceiling = GaugeMetricFamily(
+        f"{PREFIX}_predicted_reward_ceiling",
+        "Reward the entropy-performance law R = -a exp(H) + b predicts at entropy 0: b - a",
+        labels=["run"],
+    )
+    r2 = GaugeMetricFamily(
+        f"{PREFIX}_law_fit_r2", "R^2 of the entropy-performance law fit", labels=["run"]
+    )
+    state = GaugeMetricFamily(
+        f"{PREFIX}_collapse_state",
+        "1 for the run's entropy collapse state, 0 for the others (none without enough data)",
+        labels=["run", "state"],
+    )
+    health = GaugeMetricFamily(
+        f"{PREFIX}_intervention_health",
+        "1 when an intervention health flag is raised (Clip-Cov / KL-Cov doing nothing useful)",
+        labels=["run", "flag"],
+    )
+    for s in snaps:
+        a = s.analysis
+        if a is None:
+            continue
+        if a.law.ceiling is not None:
+            ceiling.add_metric([s.run], a.law.ceiling)
+        if a.law.r2 is not None:
+            r2.add_metric([s.run], a.law.r2)
+        if a.collapse.state is not None:
+            for name in STATES:
+                state.add_metric([s.run, name], float(name == a.collapse.state))
+        raised = {f.flag for f in a.health.flags if f.active}
+        for flag in FLAGS:
+            health.add_metric([s.run, flag], float(flag in raised))
+    return [ceiling, r2, state, health]
 
 
 class _Fixed(Collector):

@@ -18,8 +18,10 @@ from monitor.schemas import AuditEntry, Control, StepPoint, StepReport
 RUNS_KEY = "entmon:runs"  # zset run -> last report time; the only key shared across runs
 INGEST_SCRIPT = files("monitor").joinpath("ingest.lua").read_text()
 CONTROL_SCRIPT = files("monitor").joinpath("control.lua").read_text()
+SAMPLE_SCRIPT = files("monitor").joinpath("sample.lua").read_text()
 AUDIT_CAP = 10_000  # audit entries kept per run
-RANK_SCAN = 1024  # reports looked at for each rank's latest one
+RANK_SCAN_STEPS = 8  # each rank's latest report is looked for in the last 8 steps' reports
+RANK_SCAN_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Store:
         self.retention_steps = retention_steps
         self._ingest = redis.register_script(INGEST_SCRIPT)
         self._set_control = redis.register_script(CONTROL_SCRIPT)
+        self._sample = redis.register_script(SAMPLE_SCRIPT)
 
     async def ingest(self, run: str, reports: list[StepReport]) -> tuple[list[bool], Control]:
         """Store reports in one round trip and read the run's control in the same one.
@@ -110,32 +113,75 @@ class Store:
     async def meta(self, run: str) -> dict[str, str]:
         return cast(dict[str, str], await self.redis.hgetall(RunKeys.of(run).meta))
 
-    async def step_numbers(
-        self, run: str, start: float = -math.inf, end: float = math.inf
-    ) -> list[int]:
-        rows = await self._scored(RunKeys.of(run).index, start, end)
-        return sorted({int(score) for _, score in rows})
+    async def first_steps(self, run: str, n: int) -> list[StepPoint]:
+        """The run's first `n` steps, merged (read from the head of the index, so the cost does
+        not grow with the run; with over 64 ranks fewer steps may come back)."""
+        rows = await self.redis.zrange(RunKeys.of(run).index, 0, n * 64 - 1, withscores=True)
+        numbers = sorted({int(score) for _, score in cast(list[tuple[str, float]], rows)})[:n]
+        return await self.steps(run, numbers[0], numbers[-1]) if numbers else []
 
-    async def steps(
-        self, run: str, start: float = -math.inf, end: float = math.inf, *, every: int = 1
-    ) -> list[StepPoint]:
-        """Merged steps in [start, end], keeping every `every`-th step (and always the last)."""
-        k = RunKeys.of(run)
+    async def _kept_fields(
+        self, key: str, start: float, end: float, every: int, max_points: int | None
+    ) -> tuple[list[int], dict[int, list[str]]]:
+        """Steps in [start, end] kept by downsampling, with their "step:rank" fields: every
+        `every`-th step, widened so at most `max_points` remain; the last step is always kept."""
         by_step: dict[int, list[str]] = defaultdict(list)
-        for field, score in await self._scored(k.index, start, end):
+        for field, score in await self._scored(key, start, end):
             by_step[int(score)].append(field)
         numbers = sorted(by_step)
+        if max_points is not None and len(numbers) > max_points:
+            every = max(every, math.ceil(len(numbers) / (max_points - 1)))
         keep = numbers[::every]
         if numbers and keep[-1] != numbers[-1]:
             keep.append(numbers[-1])
-        fields = [f for s in keep for f in by_step[s]]
-        docs = await self._hmget(k.scalars, fields)
+        return keep, by_step
+
+    async def steps(
+        self,
+        run: str,
+        start: float = -math.inf,
+        end: float = math.inf,
+        *,
+        every: int = 1,
+        max_points: int | None = None,
+        stats: frozenset[str] | None = None,
+    ) -> list[StepPoint]:
+        """Steps in [start, end] merged over ranks, downsampled (see `_kept_fields`); `stats`
+        keeps only those statistics (the dashboard asks for what it draws)."""
+        k = RunKeys.of(run)
+        keep, by_step = await self._kept_fields(k.index, start, end, every, max_points)
+        docs = await self._hmget(k.scalars, [f for s in keep for f in by_step[s]])
         grouped: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for raw in docs:
             if raw is not None:  # trimmed by retention between the two reads
                 doc = json.loads(raw)
+                if stats is not None:
+                    doc["stats"] = {n: v for n, v in doc["stats"].items() if n in stats}
                 grouped[doc["step"]].append(doc)
         return [_merge_step(grouped[s]) for s in keep if grouped[s]]
+
+    async def sampled_steps(
+        self, run: str, *, head: int, tail: int, max_points: int
+    ) -> tuple[list[StepPoint], bool]:
+        """The run's first `head` and last `tail` steps in full plus the steps at `max_points`
+        evenly spaced entries of its index, merged; and whether it sampled (False: the index
+        held at most head + tail + max_points entries, one per step and rank, and every step is
+        there). One server-side script picks the steps (sample.lua), so a 100k-step run costs
+        about what a 2k-step run costs (bench/bench_analysis_scrape.py)."""
+        k = RunKeys.of(run)
+        if int(await self.redis.zcard(k.index)) <= head + tail + max_points:
+            return await self.steps(run), False
+        fields = cast(list[str], await self._sample(keys=[k.index], args=[head, tail, max_points]))
+        grouped: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for raw in await self._hmget(k.scalars, fields):
+            if raw is not None:  # trimmed by retention between the reads
+                doc = json.loads(raw)
+                grouped[doc["step"]].append(doc)
+        return [_merge_step(grouped[s]) for s in sorted(grouped)], True
+
+    async def first_step(self, run: str) -> int | None:
+        rows = await self.redis.zrange(RunKeys.of(run).index, 0, 0, withscores=True)
+        return int(cast(list[tuple[str, float]], rows)[0][1]) if rows else None
 
     async def latest(self, run: str) -> StepPoint | None:
         last = await self.redis.zrevrangebyscore(
@@ -147,10 +193,11 @@ class Store:
         points = await self.steps(run, step, step)
         return points[0] if points else None
 
-    async def rank_status(self, run: str, *, scan: int = RANK_SCAN) -> list[dict[str, Any]]:
-        """The latest report of each rank among the run's last `scan` reports: rank, step,
-        control_version, time. Ranks that fell further behind are not listed."""
+    async def rank_status(self, run: str, world_size: int) -> list[dict[str, Any]]:
+        """The latest report of each rank among the run's last reports (RANK_SCAN_STEPS steps'
+        worth): rank, step, control_version, time. Ranks further behind are not listed."""
         k = RunKeys.of(run)
+        scan = min(RANK_SCAN_MAX, RANK_SCAN_STEPS * max(1, world_size))
         fields = cast(list[str], await self.redis.zrevrange(k.index, 0, scan - 1))
         latest: dict[int, dict[str, Any]] = {}
         for raw in await self._hmget(k.scalars, fields):
@@ -207,14 +254,18 @@ class Store:
         return bool(removed)
 
     async def histogram_series(
-        self, run: str, name: str, start: float, end: float, *, every: int = 1
+        self,
+        run: str,
+        name: str,
+        start: float,
+        end: float,
+        *,
+        every: int = 1,
+        max_points: int | None = None,
     ) -> list[tuple[int, dict[str, Any]]]:
-        """(step, histogram added over ranks) for steps in [start, end], every `every`-th."""
+        """(step, histogram added over ranks) for the steps `_kept_fields` keeps."""
         k = RunKeys.of(run)
-        by_step: dict[int, list[str]] = defaultdict(list)
-        for field, score in await self._scored(k.index, start, end):
-            by_step[int(score)].append(field)
-        keep = sorted(by_step)[::every]
+        keep, by_step = await self._kept_fields(k.index, start, end, every, max_points)
         docs = await self._hmget(k.details, [f for s in keep for f in by_step[s]])
         hists: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for field, raw in zip([f for s in keep for f in by_step[s]], docs, strict=True):

@@ -1,30 +1,32 @@
 from __future__ import annotations
 
-import statistics
-
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from monitor.analysis import AnalysisParams
 from monitor.deps import SettingsDep, StoreDep
 from monitor.metrics import RunSnapshot, exposition
+from monitor.routers.analysis import run_analysis
 from monitor.store import Store
 
 router = APIRouter(tags=["metrics"])
-START_STEPS = 5  # entropy "at start" is the median of the run's first steps
+# The scrape analyses each active run on its first and last steps plus this many sampled
+# between: bounded whatever the run's length, and cheaper than the API's default of 2000
+# because it repeats for every active run (bench/bench_analysis_scrape.py measures both).
+SCRAPE_MAX_POINTS = 500
 
 
 async def _snapshot(store: Store, run: str) -> RunSnapshot:
     latest = await store.latest(run)
-    first = (await store.step_numbers(run))[:START_STEPS]
-    start = await store.steps(run, first[0], first[-1]) if first else []
-    entropies = [float(e) for p in start if (e := p.stats.get("entropy")) is not None]
+    analysis = await run_analysis(store, run, AnalysisParams(), SCRAPE_MAX_POINTS)
     return RunSnapshot(
         run,
         latest=latest,
         meta=await store.meta(run),
         control=await store.control(run),
-        start_entropy=statistics.median(entropies) if entropies else None,
+        start_entropy=analysis.collapse.start_entropy,  # the analysis' start: the two agree
         histograms=await store.histograms(run, latest.step) if latest else {},
+        analysis=analysis,
     )
 
 

@@ -14,40 +14,30 @@ from monitor.schemas import (
     RunsResponse,
     RunSummary,
     StepsResponse,
+    StepStats,
     TopTokensResponse,
 )
 from monitor.store import Store
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=COMMON_RESPONSES | NOT_FOUND)
 MAX_POINTS_LIMIT = 100_000
-
-
-async def _stride(
-    store: Store, run: str, lo: float, hi: float, every: int | None, max_points: int | None
-) -> int:
-    """Keep every `every`-th step, widened so at most max_points remain (the last step is
-    always kept, hence max_points - 1 strides)."""
-    stride = every or 1
-    if max_points is not None:
-        n = len(await store.step_numbers(run, lo, hi))
-        if n > max_points:
-            stride = max(stride, math.ceil(n / (max_points - 1)))
-    return stride
+_STAT = "|".join(StepStats.model_fields)
+STATS_PATTERN = f"^({_STAT})(,({_STAT}))*$"  # in the schema, so clients see the valid names
 
 
 async def _summary(store: Store, run: str) -> RunSummary:
     meta = await store.meta(run)
     if not meta:
         raise HTTPException(404, f"run {run!r} not found")
-    first = await store.step_numbers(run)
+    latest = await store.latest(run)
     return RunSummary(
         run=run,
-        first_step=first[0] if first else None,
+        first_step=await store.first_step(run),
         last_step=int(meta["last_step"]) if "last_step" in meta else None,
         last_report_time=float(meta["last_report_time"]) if "last_report_time" in meta else None,
         reports=int(meta.get("reports", 0)),
-        latest=await store.latest(run),
-        ranks=await store.rank_status(run),
+        latest=latest,
+        ranks=await store.rank_status(run, world_size=latest.ranks if latest else 1),
     )
 
 
@@ -73,12 +63,20 @@ async def get_steps(
     max_points: Annotated[
         int | None, Query(ge=2, le=MAX_POINTS_LIMIT, description="downsample to at most this many")
     ] = None,
+    stats: Annotated[
+        str | None,
+        Query(
+            pattern=STATS_PATTERN,
+            description="comma-separated statistics to return (default: all)",
+        ),
+    ] = None,
 ) -> StepsResponse:
-    """Steps merged over ranks, in step order. Downsampling keeps every n-th step and the last."""
+    """Steps merged over ranks, in step order. Downsampling keeps every n-th step (widened to
+    stay within max_points) and always the last step."""
     lo = -math.inf if start is None else start
     hi = math.inf if end is None else end
-    every = await _stride(store, run, lo, hi, every, max_points)
-    points = await store.steps(run, lo, hi, every=every or 1)
+    wanted = None if stats is None else frozenset(stats.split(","))
+    points = await store.steps(run, lo, hi, every=every or 1, max_points=max_points, stats=wanted)
     if not points and not await store.meta(run):
         raise HTTPException(404, f"run {run!r} not found")
     return StepsResponse(run=run, steps=points)
@@ -104,9 +102,8 @@ async def get_histograms(
         raise HTTPException(404, f"run {run!r} not found")
     lo = -math.inf if start is None else start
     hi = math.inf if end is None else end
-    stride = await _stride(store, run, lo, hi, every, max_points)
     layout = HISTOGRAM_LAYOUTS[name]
-    rows = await store.histogram_series(run, name, lo, hi, every=stride)
+    rows = await store.histogram_series(run, name, lo, hi, every=every or 1, max_points=max_points)
     return HistogramSeries(
         run=run,
         name=name,

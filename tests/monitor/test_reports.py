@@ -167,3 +167,11 @@ def test_run_summary_lists_each_ranks_latest_step_and_control_version(api: TestC
     )
     ranks = api.get("/v1/runs/r1").json()["ranks"]
     assert [(r["rank"], r["step"], r["control_version"]) for r in ranks] == [(0, 5, 3), (1, 4, 2)]
+
+
+def test_steps_can_return_only_some_statistics(api: TestClient) -> None:
+    api.post("/v1/runs/r1/reports", json=report(0, entropy=1.0, reward=0.5, cov_mean=0.1))
+    (point,) = api.get("/v1/runs/r1/steps", params={"stats": "entropy,reward"}).json()["steps"]
+    assert point["stats"] == {"entropy": 1.0, "reward": 0.5}
+    r = api.get("/v1/runs/r1/steps", params={"stats": "entropy,rewardd"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "stats"]

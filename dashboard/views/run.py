@@ -1,0 +1,163 @@
+"""Run view: KPI tiles and every chart of one run, refreshed live."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import streamlit as st
+
+from dashboard import api, charts, session
+
+# The statistics the run view draws: the API sends only these.
+CHARTED = ("entropy", "reward", "cov_mean", "detached", "penalised", "candidates")
+
+
+def version_changes(steps: list[dict[str, Any]]) -> list[int]:
+    """Steps at which every rank first applied a new control version."""
+    changes, seen = [], None
+    for point in steps:
+        version = point.get("control_version")
+        if version is not None and seen is not None and version != seen:
+            changes.append(point["step"])
+        seen = version if version is not None else seen
+    return changes
+
+
+def kpis(run: dict[str, Any], control: dict[str, Any], analysis: dict[str, Any] | None) -> None:
+    latest = run.get("latest") or {"stats": {}, "step": None, "control_version": None}
+    stats = latest["stats"]
+    collapse = (analysis or {}).get("collapse") or {}
+    law = (analysis or {}).get("law") or {}
+    cols = st.columns(6)
+    cols[0].metric("Step", latest["step"])
+    entropy = api.number(stats.get("entropy"))
+    relative = api.number(collapse.get("relative")) if isinstance(collapse, dict) else None
+    cols[1].metric(
+        "Entropy",
+        "-" if entropy is None else f"{entropy:.3f}",
+        None if relative is None else f"{(relative - 1) * 100:+.0f}% vs start",
+    )
+    reward = api.number(stats.get("reward"))
+    cols[2].metric("Reward", "-" if reward is None else f"{reward:.3f}")
+    ceiling = api.number(law.get("ceiling")) if isinstance(law, dict) else None
+    cols[3].metric("Predicted ceiling", "-" if ceiling is None else f"{ceiling:.3f}")
+    applied = latest.get("control_version")
+    cols[4].metric(
+        "Control", control["loss_mode"], f"v{control['version']} requested, v{applied} applied"
+        if applied is not None else f"v{control['version']} requested", delta_color="off",
+    )  # fmt: skip
+    last = run.get("last_report_time")
+    cols[5].metric("Last report", "never" if last is None else f"{time.time() - last:.0f}s ago")
+
+
+STATE_COLORS = {
+    "healthy": "green", "declining": "orange", "collapsed": "red", "exploding": "violet",
+    "non-finite": "red",
+}  # fmt: skip
+
+
+def verdicts(analysis: dict[str, Any] | None) -> None:
+    """The collapse state with the rule that decided it, and every active health flag's hint."""
+    if not analysis:
+        return
+    collapse = analysis.get("collapse") or {}
+    state = collapse.get("state")
+    if state:
+        color = STATE_COLORS.get(state, "gray")
+        st.markdown(f":{color}[**{state}**]: {collapse.get('rule', '')}")
+    for flag in (analysis.get("health") or {}).get("flags", []):
+        if flag.get("active"):
+            st.warning(f"**{flag['flag']}**: {flag.get('rule', '')}. {flag.get('hint') or ''}")
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    number = api.number(value)
+    return "-" if number is None else format(number, spec)
+
+
+def law_caption(analysis: dict[str, Any] | None) -> str:
+    law = (analysis or {}).get("law") or {}
+    if not law.get("enough_data"):
+        return f"Law: {law.get('note', 'not enough data yet')}"
+    record = (analysis or {}).get("track_record") or {}
+    text = (
+        f"R = -{_fmt(law['a'])}·exp(H) + {_fmt(law['b'])}, R² {_fmt(law['r2'])}; ceiling "
+        f"{_fmt(law['ceiling'])} [{_fmt(law['ceiling_low'])}, {_fmt(law['ceiling_high'])}]."
+    )
+    if record.get("enough_data"):
+        text += (
+            f" Fitted on the first {record['fit_steps']} steps, it predicted the next "
+            f"{record['predicted']} with RMSE {_fmt(record['rmse'])}."
+        )
+    return text
+
+
+def theory_caption(analysis: dict[str, Any] | None) -> str:
+    theory = (analysis or {}).get("theory") or {}
+    if not theory.get("enough_data"):
+        return f"Theory check: {theory.get('note', 'not enough data yet')}"
+    return (
+        f"ΔH ≈ -η·Cov: correlation {_fmt(theory.get('correlation'))}, sign agreement "
+        f"{_fmt(theory.get('sign_agreement'), '.0%')}, fitted η {_fmt(theory.get('eta'))} "
+        f"over {theory['pairs']} step pairs."
+    )
+
+
+def render() -> None:
+    http = session.client()
+    try:
+        runs = api.list_runs(http)
+    except api.ApiError as e:
+        st.error(str(e))
+        return
+    name = session.choose_run(runs, key="run-view-run")
+    if name is None:
+        return
+
+    @st.fragment(run_every=session.refresh_every())
+    def live() -> None:
+        try:
+            run = api.get_run(http, name)
+            steps = api.get_steps(http, name, stats=CHARTED)
+            control = api.get_control(http, name)
+            analysis = api.get_analysis(http, name)
+            cov = api.get_histograms(http, name, "covariance")
+            ent = api.get_histograms(http, name, "entropy")
+            tokens = api.get_top_tokens(http, name)
+        except api.ApiError as e:
+            st.error(str(e))
+            return
+        kpis(run, control, analysis)
+        verdicts(analysis)
+        collapse = (analysis or {}).get("collapse") or {}
+        floor = collapse.get("floor_entropy")
+        left, right = st.columns(2)
+        left.plotly_chart(
+            charts.entropy_reward(steps, floor=api.number(floor), changes=version_changes(steps)),
+            key="entropy-chart",
+        )
+        right.plotly_chart(charts.law(steps, (analysis or {}).get("law")), key="law-chart")
+        right.caption(law_caption(analysis))
+        left, right = st.columns(2)
+        if cov["steps"]:
+            left.plotly_chart(
+                charts.heatmap(cov, "Token covariance (symlog buckets)"), key="cov-heat"
+            )
+        else:
+            left.caption("No covariance histograms yet (sent by Monitor.policy_loss).")
+        if ent["steps"]:
+            right.plotly_chart(charts.heatmap(ent, "Token entropy (nats)"), key="entropy-heat")
+        else:
+            right.caption("No entropy histograms yet.")
+        left, right = st.columns(2)
+        left.plotly_chart(charts.interventions(steps), key="interventions-chart")
+        right.plotly_chart(charts.theory(steps), key="theory-chart")
+        right.caption(theory_caption(analysis))
+        st.subheader("Highest-covariance tokens (latest step)")
+        if tokens:
+            st.dataframe(tokens, hide_index=True, key="top-tokens")
+        else:
+            st.caption("No top tokens reported for the latest step.")
+
+    live()

@@ -1,0 +1,97 @@
+"""A real browser (Debian's chromium, driven by Playwright) against the real dashboard and
+monitor processes: the entropy chart renders, a knob change reaches the server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from monitor.cli import dashboard_command
+from monitor.embedded_redis import free_port
+from tests.conftest import ServerProcess
+
+CHROMIUM = "/usr/bin/chromium"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+# The flags that keep chromium quiet on a machine without network or display.
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture
+def dashboard(streamed: ServerProcess) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "ENTMON_URL": streamed.url}
+    proc = subprocess.Popen(
+        dashboard_command(port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/_stcore/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError("dashboard did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} missing: apt-get install chromium (make test does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        yield page
+        browser.close()
+
+
+def save(page: Page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("UPDATE_SCREENSHOTS"):  # refresh the README's pictures
+        DOCS.mkdir(exist_ok=True)
+        shutil.copy(path, DOCS / name)
+    return path
+
+
+def test_browser_sees_the_entropy_chart_and_changes_a_knob(
+    dashboard: str, streamed: ServerProcess, page: Page, tmp_path: Path
+) -> None:
+    page.goto(f"{dashboard}/?run=alpha")
+    expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Entropy and reward").first).to_be_visible(timeout=30_000)
+    assert save(page, tmp_path, "dashboard-run.png").stat().st_size > 10_000
+
+    page.goto(f"{dashboard}/control?run=alpha")
+    ratio = page.get_by_label("KL-Cov ratio k (fraction of tokens penalised)")
+    expect(ratio).to_be_visible(timeout=30_000)
+    ratio.fill("0.010000")
+    ratio.press("Tab")
+    page.get_by_label("Reason (kept in the audit log)").fill("browser test")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_text("Applied: control version 1")).to_be_visible(timeout=30_000)
+    save(page, tmp_path, "dashboard-control.png")
+
+    control = httpx.get(f"{streamed.url}/v1/runs/alpha/control").json()
+    assert control["version"] == 1 and control["kl_cov_ratio"] == pytest.approx(0.01)
+    audit = httpx.get(f"{streamed.url}/v1/runs/alpha/audit").json()["entries"]
+    assert audit[0]["reason"] == "browser test"
