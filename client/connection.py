@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 import httpcore
 
 DEFAULT_CONNECT_TIMEOUT_S = 2.0
-DEFAULT_REQUEST_TIMEOUT_S = 10.0
+DEFAULT_REQUEST_TIMEOUT_S = 5.0
 USER_AGENT = "entmon-client/0.1"
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -52,7 +51,7 @@ class ControlSync:
         self.current = Control()  # the service's defaults, version 0, until it says otherwise
         self._offered: Control | None = None
         self._last_wire: Any = None
-        self._lock = threading.Lock()
+        self._encoded: tuple[Control | None, torch.Tensor] = (None, torch.empty(0))
         self._log_once = log_once
         self._group: Any = None
         self._rank = 0
@@ -86,15 +85,13 @@ class ControlSync:
                 logging.ERROR,
             )
             return
-        with self._lock:
-            self._offered = control
+        self._offered = control  # one reference: the training thread reads it whole
 
     def at_step_boundary(self, step: int) -> Control:
         """The control for the steps after `step` (training thread)."""
         if self._group is None:
-            with self._lock:
-                chosen = self._offered
-            if chosen is not None:
+            chosen = self._offered
+            if chosen is not None and chosen is not self.current:
                 self._apply(chosen, step)
             return self.current
         import torch.distributed as dist
@@ -105,9 +102,10 @@ class ControlSync:
             work.wait()
             self._apply(decode_control(buf), step)
         if self._rank == 0:
-            with self._lock:
-                chosen = self._offered or self.current
-            buf = encode_control(chosen)
+            chosen = self._offered or self.current
+            if chosen is not self._encoded[0]:  # the broadcast only reads it: reuse it
+                self._encoded = (chosen, encode_control(chosen))
+            buf = self._encoded[1]
         else:
             buf = torch.empty(CONTROL_BYTES, dtype=torch.uint8)
         work = dist.broadcast(buf, src=0, group=self._group, async_op=True)

@@ -22,6 +22,8 @@ from client.stats import StepAccumulator
 class FinishedStep:
     """Satisfies client.report.PackedStats: `unpack` runs on the reporter thread."""
 
+    __slots__ = ("_accumulator", "_device", "_ready")
+
     def __init__(self, accumulator: StepAccumulator, device: torch.device) -> None:
         self._accumulator = accumulator
         self._device = device

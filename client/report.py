@@ -22,6 +22,8 @@ REPORT_STATS = (
     "reward", "response_length", "client_drops",
 )  # fmt: skip
 INTEGER_STATS = frozenset({"tokens", "candidates", "detached", "penalised", "client_drops"})
+_STAT_NAMES = frozenset(REPORT_STATS)
+_PLAIN = frozenset({float, int})  # nothing to detach
 
 
 class PackedStats(Protocol):
@@ -38,17 +40,15 @@ def build_report(
     scalars: Mapping[str, Any],
     packed: PackedStats | None = None,
 ) -> dict[str, Any]:
-    """A report whose values may still be tensors; `finalize` makes it JSON-ready."""
-    stats = {k: _detach(v) for k, v in scalars.items() if k in REPORT_STATS}
-    user = {k: _detach(v) for k, v in scalars.items() if k not in REPORT_STATS}
+    """A report whose values may still be tensors; `finalize` makes it JSON-ready. Runs on the
+    training thread: it only detaches tensors (so no autograd graph is kept alive)."""
     report: dict[str, Any] = {
         "step": int(step),
         "rank": rank,
         "world_size": world_size,
         "time": time.time(),
         "control_version": control_version,
-        "stats": stats,
-        "user": user,
+        "scalars": {k: v if type(v) in _PLAIN else _detach(v) for k, v in scalars.items()},
     }
     if packed is not None:
         report["packed"] = packed
@@ -59,8 +59,9 @@ def finalize(
     report: dict[str, Any], *, client_drops: int = 0, tokenizer: Any = None
 ) -> dict[str, Any]:
     """Numbers only, non-finite values as strings (runs on the reporter thread: reading a
-    tensor may wait for the device). Scalars given to `log` win over computed ones."""
-    out = {k: v for k, v in report.items() if k not in ("packed", "stats", "user")}
+    tensor may wait for the device). Scalars given to `log` win over computed ones; names that
+    are not report statistics go to `user`."""
+    out = {k: v for k, v in report.items() if k not in ("packed", "scalars")}
     stats: dict[str, Any] = {}
     user: dict[str, Any] = {}
     packed = report.get("packed")
@@ -72,8 +73,8 @@ def finalize(
             out["histograms"] = computed["histograms"]
         if computed.get("top_tokens"):
             out["top_tokens"] = computed["top_tokens"]
-    stats.update(report["stats"])
-    user.update(report["user"])
+    for name, value in report["scalars"].items():  # given to log(): they win
+        (stats if name in _STAT_NAMES else user)[name] = value
     if client_drops:
         stats["client_drops"] = client_drops
     out["stats"] = {

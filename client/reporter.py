@@ -44,7 +44,8 @@ DEFAULT_RETRY_MAX_S = 30.0
 REPLAY_BATCH_SIZE = 512  # the service takes at most 1024 reports per request
 REPLAY_BATCH_BYTES = 512 << 10  # and 1 MiB per body by default
 IDLE_TICK_S = 0.25  # how often an idle reporter looks at the clock (close, polls, retries)
-ABORT_MARGIN_S = 0.5  # close() cuts the connection this long before its deadline
+PROBE_TIMEOUT_S = 2.0  # request timeout while the monitor is failing: a hang costs less
+CLOSE_NETWORK_SHARE = 0.5  # close(): this share of the timeout for sending, the rest to spool
 # The reporter sleeps this long after each unit of work (one report encoded, one request), so
 # the training thread gets the GIL back within one unit instead of CPython's 5 ms switch
 # interval: this keeps log()'s p99 under a millisecond while the reporter is busy.
@@ -104,7 +105,7 @@ class Reporter:
         self._stop = threading.Event()
         self._hard_stop = False  # close() ran out of time: no more network
         self._deadline = float("inf")
-        self._margin = 0.0  # close() cuts the connection this long before the deadline
+        self._margin = 0.0  # close() keeps this long before the deadline for spooling
         self._closed = False
         self.forked = False  # this is a forked child's copy: it sends nothing
         # Counters. The training thread writes only _queue_drops; the reporter thread the rest.
@@ -146,14 +147,15 @@ class Reporter:
         return len(self._queue)
 
     def close(self, timeout: float) -> None:
-        """Send what is queued until shortly before `timeout`, spool the rest, stop the thread.
-        Returns within `timeout` even if the monitor hangs."""
+        """Send what is queued for the first half of `timeout`, then cut the connection (a hung
+        request included), spool the rest and stop the thread: returns within `timeout` even if
+        the monitor hangs."""
         if self._closed:
             return
         self._closed = True
         now = time.monotonic()
         self._deadline = now + max(0.0, timeout)
-        self._margin = margin = min(ABORT_MARGIN_S, 0.25 * timeout)
+        self._margin = margin = (1.0 - CLOSE_NETWORK_SHARE) * timeout
         self._stop.set()
         self._wake.set()
         self._thread.join(max(0.0, self._deadline - margin - now))
@@ -379,7 +381,10 @@ class Reporter:
         return self._deadline - self._margin - time.monotonic()
 
     def _timeout(self) -> float:
-        return min(self._config.request_timeout_s, max(0.05, self._time_left()))
+        limit = self._config.request_timeout_s
+        if self._failures:  # after a hang, probe with a shorter timeout: the queue waits less
+            limit = min(limit, PROBE_TIMEOUT_S)
+        return min(limit, max(0.05, self._time_left()))
 
     def _idle_wait(self) -> float:
         now = time.monotonic()
