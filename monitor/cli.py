@@ -86,7 +86,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from monitor.demo import run_demo
 
     return run_demo(
-        steps=args.steps, headless=args.headless, port=args.port, dashboard_port=args.dashboard_port
+        steps=args.steps,
+        headless=args.headless,
+        port=args.port,
+        dashboard_port=args.dashboard_port,
+        seed=args.seed,
+        switch_at=args.switch_at,
+        switch_to=args.switch_to,
     )
 
 
@@ -144,7 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="embedded Redis + monitor + dashboard + a live run")
     demo.add_argument("--headless", action="store_true", help="no browser; exit 0 when done")
-    demo.add_argument("--steps", type=int, default=300)
+    demo.add_argument("--steps", type=int, default=400, help="GRPO steps of the toy run")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--switch-at", type=int, default=None, metavar="STEP",
+        help="after this step, change the run's loss mode through the API (as the dashboard does)",
+    )  # fmt: skip
+    demo.add_argument("--switch-to", choices=("vanilla", "clip_cov", "kl_cov"), default="kl_cov")
     demo.add_argument("--port", type=int, default=DEFAULT_PORT)
     demo.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT)
     demo.set_defaults(func=cmd_demo)

@@ -1,39 +1,66 @@
-"""`entmon demo`: the embedded stack (Redis + monitor + dashboard) and a live run streaming into it.
+"""`entmon demo`: the embedded stack (Redis + monitor + dashboard) and a real GRPO run in it.
 
-The run streamed here is a synthetic collapsing curve (entropy decaying, reward following the
-entropy-performance law), a stand-in until the real CPU GRPO toy trainer lands in examples/.
+The run is examples/grpo_toy.py, a tiny transformer trained with GRPO on CPU, in this process,
+reporting through `client.Monitor` like any user's loop: its policy loss follows the run's LIVE
+control, so switching the run to Clip-Cov or KL-Cov in the dashboard changes the loss at the next
+step. The trainer is loaded from the repository checkout (the editable install `make demo`
+makes): examples/ is not an installed package.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import importlib.util
+import logging
 import os
-import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import httpx
 
 from monitor.cli import dashboard_command
 
 READY_TIMEOUT_S = 60.0
+DEMO_RUN = "demo"
+TOY_PATH = Path(__file__).resolve().parent.parent / "examples" / "grpo_toy.py"
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start; the message says what to do."""
+
+
+def load_toy(path: Path = TOY_PATH) -> ModuleType:
+    """examples/grpo_toy.py as a module, from the checkout this package was installed from."""
+    if not path.is_file():
+        raise DemoError(
+            f"entmon demo runs the example trainer {path}, which is not there: run it from a "
+            'checkout of the repository installed with `pip install -e ".[all]"` (or `make demo`)'
+        )
+    spec = importlib.util.spec_from_file_location("entmon_demo_grpo_toy", path)
+    if spec is None or spec.loader is None:
+        raise DemoError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], name: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with code {process.returncode} at start-up")
+            raise DemoError(f"{name} exited with code {process.returncode} at start-up")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1.0).status_code == 200:
                 return
         time.sleep(0.2)
-    raise RuntimeError(f"{name} not ready at {url} after {READY_TIMEOUT_S}s")
+    raise DemoError(f"{name} not ready at {url} after {READY_TIMEOUT_S}s")
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -48,31 +75,87 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
-def synthetic_run(url: str, run: str, steps: int, *, delay_s: float = 0.02) -> None:
+def put_control(api: str, run: str, reason: str, **knobs: Any) -> dict[str, Any]:
+    """Change a run's control the way the dashboard does: read the version, PUT with If-Match."""
+    url = f"{api}/v1/runs/{run}/control"
+    etag = httpx.get(url, timeout=5.0).raise_for_status().headers["ETag"]
+    response = httpx.put(url, json={**knobs, "reason": reason}, headers={"If-Match": etag})
+    body: dict[str, Any] = response.raise_for_status().json()
+    return body
+
+
+def run_training(
+    api: str,
+    *,
+    steps: int,
+    seed: int,
+    switch_at: int | None = None,
+    switch_to: str = "kl_cov",
+    spool_dir: Path | None = None,
+) -> list[Any]:
+    """The toy GRPO run against the monitor at `api`, with a progress line on the terminal.
+
+    With `switch_at`, the demo itself changes the run's loss mode through the API after that
+    step, as a user would in the dashboard; the trainer picks it up at a step boundary.
+    """
     from client import Monitor
 
-    rng = random.Random(0)
-    a, b = 0.45, 1.05  # R = -a exp(H) + b
-    with Monitor(run=run, url=url) as mon:
-        for step in range(steps):
-            entropy = 0.05 + 1.2 * math.exp(-step / 60)
-            reward = -a * math.exp(entropy) + b + rng.gauss(0, 0.01)
-            mon.log(step, entropy=entropy, reward=reward, tokens=4096)
-            print(f"\rstep {step + 1}/{steps}  entropy {entropy:.3f}  reward {reward:.3f}", end="")
-            time.sleep(delay_s)
+    toy = load_toy()
+    cfg = toy.ToyConfig(steps=steps, seed=seed)
+    put_control(
+        api, DEMO_RUN,
+        "demo: Clip-Cov / KL-Cov ratios scaled to the toy's 512-token mini-batches "
+        "(the paper's 2e-4 / 2e-3 would select 1 token); switch loss_mode to try them",
+        loss_mode="vanilla",
+        clip_cov_ratio=toy.TOY_CLIP_COV_RATIO,
+        kl_cov_ratio=toy.TOY_KL_COV_RATIO,
+    )  # fmt: skip
+    start: list[float] = []
+
+    def on_step(record: Any) -> None:
+        if not start:
+            start.append(record.entropy)
+        print(toy.progress_line(record, steps, start[0]), end="", flush=True)
+        if switch_at is not None and record.step + 1 == switch_at:
+            put_control(api, DEMO_RUN, f"demo --switch-at {switch_at}", loss_mode=switch_to)
+
+    tokenizer = toy.DigitTokenizer()
+    with Monitor(run=DEMO_RUN, url=api, tokenizer=tokenizer, spool_dir=spool_dir) as mon:
+        records: list[Any] = toy.train(cfg, mon, on_step=on_step)
     print()
+    if records:
+        first, last = records[0], records[-1]
+        print(
+            f"trained {len(records)} steps in {sum(r.seconds for r in records):.0f} s: entropy "
+            f"{first.entropy:.3f} -> {last.entropy:.3f} ({last.entropy / first.entropy:.0%} of "
+            f"start), reward {first.reward:.3f} -> {last.reward:.3f}, loss {last.loss_mode}"
+        )
+    return records
 
 
-def run_demo(*, steps: int, headless: bool, port: int, dashboard_port: int) -> int:
+def run_demo(
+    *,
+    steps: int,
+    headless: bool,
+    port: int,
+    dashboard_port: int,
+    seed: int = 0,
+    switch_at: int | None = None,
+    switch_to: str = "kl_cov",
+) -> int:
     api = f"http://127.0.0.1:{port}"
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the bar
     data_dir = Path(tempfile.mkdtemp(prefix="entmon-demo-"))
     env = {**os.environ, "ENTMON_URL": api, "ENTMON_DATA_DIR": str(data_dir)}
     env.pop("ENTMON_REDIS_URL", None)  # the demo always uses the embedded Redis
+    env.pop("ENTMON_INGEST_TOKENS", None)  # open access on loopback: the demo changes controls
+    env.pop("ENTMON_ADMIN_TOKENS", None)
     entmon = [sys.executable, "-m", "monitor.cli"]
     processes = [
         subprocess.Popen([*entmon, "serve", "--port", str(port), "--log-level", "warning"], env=env)
     ]
     try:
+        load_toy()  # fail early, before anything waits on the stack
         _wait_ready(f"{api}/readyz", processes[0], "monitor")
         print(f"monitor:   {api}  (API docs {api}/docs, metrics {api}/metrics)")
         if not headless:
@@ -80,8 +163,15 @@ def run_demo(*, steps: int, headless: bool, port: int, dashboard_port: int) -> i
             _wait_ready(
                 f"http://127.0.0.1:{dashboard_port}/_stcore/health", processes[1], "dashboard"
             )
-            print(f"dashboard: http://127.0.0.1:{dashboard_port}/?run=demo")
-        synthetic_run(api, "demo", steps)
+            print(f"dashboard: http://127.0.0.1:{dashboard_port}/?run={DEMO_RUN}")
+            print(
+                "           watch entropy collapse; switch the run to kl_cov or clip_cov on the "
+                "Control page and watch it recover"
+            )
+        run_training(
+            api, steps=steps, seed=seed, switch_at=switch_at, switch_to=switch_to,
+            spool_dir=data_dir / "spool",
+        )  # fmt: skip
         if headless:
             return 0
         print("training done; the stack stays up. Ctrl-C to stop.")
@@ -89,7 +179,11 @@ def run_demo(*, steps: int, headless: bool, port: int, dashboard_port: int) -> i
             time.sleep(0.5)
         return 1
     except KeyboardInterrupt:
+        print()
         return 0
+    except DemoError as e:
+        print(f"entmon demo: {e}", file=sys.stderr)
+        return 2
     finally:
         _stop(processes)
         shutil.rmtree(data_dir, ignore_errors=True)

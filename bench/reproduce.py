@@ -1,0 +1,366 @@
+"""Reproduce the paper's mechanism on the CPU toy: baseline GRPO vs Clip-Cov vs KL-Cov.
+
+Runs examples/grpo_toy.py (the `entmon demo` trainer) for each method and seed, then prints and
+writes (JSON + PNG) what Cui et al. (2025) claim, measured on the toy:
+- the baseline's entropy collapses (entropy at the last step relative to the start);
+- Clip-Cov and KL-Cov end with a higher reward than the baseline, by more than the seed spread,
+  and keep more entropy over the second half of training;
+- the law R = -a exp(H) + b fitted on the baseline (monitor.analysis.fit_law: R^2, predicted
+  ceiling b - a against the reward reached);
+- how concentrated the per-token covariance is (mean of the top 0.02% over the mean).
+
+No server: each run calls the client's own `policy_loss` under a fixed `Control` and its
+`StepAccumulator` (the two things `Monitor.policy_loss` does) through `OfflineMonitor`, so a
+run costs what training costs. The demo goes through the real `Monitor` and server.
+
+    python bench/reproduce.py                      # 3 methods x 3 seeds x 300 steps
+    python bench/reproduce.py --steps 40 --seeds 0 --out /tmp/r   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from client import Control, StepAccumulator, policy_loss, token_covariance
+from examples.grpo_toy import TOY_CLIP_COV_RATIO, TOY_KL_COV_RATIO, ToyConfig, train
+from monitor.analysis import fit_law
+from monitor.schemas import StepPoint
+
+ROOT = Path(__file__).resolve().parent.parent
+METHODS = ("vanilla", "clip_cov", "kl_cov")
+LABELS = {"vanilla": "GRPO (baseline)", "clip_cov": "Clip-Cov", "kl_cov": "KL-Cov"}
+COLORS = {"vanilla": "tab:gray", "clip_cov": "tab:blue", "kl_cov": "tab:orange"}
+FINAL_STEPS = 50  # "the reward reached": mean over the last 50 steps
+TOP_FRACTION = 2e-4  # the paper's top 0.02%
+POOL_STEPS = 25  # steps pooled for the concentration (~51k tokens: the top 0.02% is 10 tokens)
+LAW_SMOOTH = 10  # block size of the smoothed law fit (monitor/ANALYSIS.md)
+
+
+def control_for(method: str) -> Control:
+    """The toy's knobs: the paper's except the two ratios, scaled (see the module docstring
+    of examples/grpo_toy.py and the README)."""
+    return Control(
+        loss_mode=method, clip_cov_ratio=TOY_CLIP_COV_RATIO, kl_cov_ratio=TOY_KL_COV_RATIO
+    )
+
+
+class OfflineMonitor:
+    """`Monitor.policy_loss` and `Monitor.log` without a server: the client's loss under a fixed
+    control, its step statistics, and each step's per-token covariance kept for pooling."""
+
+    def __init__(self, control: Control) -> None:
+        self.control = control
+        self.steps: list[dict[str, Any]] = []
+        self.covariances: list[Tensor] = []  # per step, valid tokens only
+        self._acc = StepAccumulator()
+        self._cov: list[Tensor] = []
+
+    def policy_loss(
+        self,
+        log_prob: Tensor,
+        old_log_prob: Tensor,
+        advantages: Tensor,
+        response_mask: Tensor,
+        entropy: Tensor | None = None,
+        token_ids: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, stats = policy_loss(log_prob, old_log_prob, advantages, response_mask, self.control)
+        self._acc.add(
+            log_prob, old_log_prob, advantages, response_mask,
+            entropy=entropy, loss=loss, loss_stats=stats, token_ids=token_ids,
+        )  # fmt: skip
+        cov = token_covariance(log_prob.detach(), advantages, response_mask)  # per mini-batch
+        self._cov.append(cov[response_mask.bool()])
+        return loss, {}
+
+    def log(self, step: int, **scalars: Any) -> None:
+        stats = self._acc.pack().unpack()["stats"]
+        stats.update({k: float(v) for k, v in scalars.items()})
+        self.steps.append({"step": step, **stats})
+        self.covariances.append(torch.cat(self._cov))
+        self._acc, self._cov = StepAccumulator(), []
+
+
+def concentration(cov: Tensor, fraction: float = TOP_FRACTION) -> float:
+    """Mean covariance of the top `fraction` of tokens (at least one) over the mean."""
+    k = max(1, int(fraction * cov.numel()))
+    return float(cov.topk(k).values.mean() / cov.mean())
+
+
+def run_one(job: tuple[str, int, int, dict[str, Any]]) -> dict[str, Any]:
+    method, seed, steps, overrides = job
+    knobs = {k: v for k, v in overrides.items() if k in Control.__dataclass_fields__}
+    cfg = ToyConfig(
+        seed=seed, steps=steps, **{k: v for k, v in overrides.items() if k not in knobs}
+    )
+    mon = OfflineMonitor(replace(control_for(method), **knobs))
+    t0 = time.perf_counter()
+    records = train(cfg, mon)
+    seconds = time.perf_counter() - t0
+    pooled = [
+        concentration(torch.cat(mon.covariances[i : i + POOL_STEPS]))
+        for i in range(0, steps - POOL_STEPS + 1, POOL_STEPS)
+    ]
+    per_step = [s["cov_top_concentration"] for s in mon.steps if "cov_top_concentration" in s]
+    return {
+        "method": method,
+        "seed": seed,
+        "seconds": seconds,
+        "seconds_per_step": seconds / steps,
+        "entropy": [r.entropy for r in records],
+        "reward": [r.reward for r in records],
+        "detached": [int(s.get("detached", 0)) for s in mon.steps],
+        "penalised": [int(s.get("penalised", 0)) for s in mon.steps],
+        "candidates": [int(s.get("candidates", 0)) for s in mon.steps],
+        "tokens": [int(s.get("tokens", 0)) for s in mon.steps],
+        "concentration_per_step": per_step,
+        "concentration_pooled": pooled,
+    }
+
+
+def summarise_run(run: dict[str, Any]) -> dict[str, float]:
+    H, R = run["entropy"], run["reward"]
+    n = len(H)
+    start = statistics.median(H[:5])
+    return {
+        "start_entropy": start,
+        "final_entropy_rel": H[-1] / start,
+        "second_half_entropy": statistics.fmean(H[n // 2 :]),
+        "final_reward": statistics.fmean(R[-min(FINAL_STEPS, n) :]),
+        "start_reward": statistics.fmean(R[:5]),
+    }
+
+
+def law(run: dict[str, Any], smooth: int) -> dict[str, Any]:
+    points = [
+        StepPoint(step=i, ranks=1, stats={"entropy": h, "reward": r})
+        for i, (h, r) in enumerate(zip(run["entropy"], run["reward"], strict=True))
+    ]
+    fit = fit_law(points, smooth=smooth)
+    return fit.model_dump(include={"a", "b", "r2", "ceiling", "ceiling_low", "ceiling_high"})
+
+
+def mean_sd(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def summarise(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+    by = {m: [r for r in runs if r["method"] == m] for m in methods}
+    out: dict[str, Any] = {"methods": {}}
+    for m, rs in by.items():
+        s = [summarise_run(r) for r in rs]
+        out["methods"][m] = {k: mean_sd([x[k] for x in s]) for k in s[0]} | {
+            "seconds_per_run": mean_sd([r["seconds"] for r in rs]),
+            "seconds_per_step": mean_sd([r["seconds_per_step"] for r in rs]),
+            "final_rewards": [x["final_reward"] for x in s],
+            "second_half_entropies": [x["second_half_entropy"] for x in s],
+            "selected_per_step": statistics.fmean(
+                statistics.fmean(r["detached"] if m == "clip_cov" else r["penalised"]) for r in rs
+            ),
+            "candidates_per_step": statistics.fmean(statistics.fmean(r["candidates"]) for r in rs),
+            "tokens_per_step": statistics.fmean(statistics.fmean(r["tokens"]) for r in rs),
+        }
+    if "vanilla" in by:
+        base = by["vanilla"]
+        out["law"] = {
+            "per_seed_smooth1": [law(r, 1) for r in base],
+            f"per_seed_smooth{LAW_SMOOTH}": [law(r, LAW_SMOOTH) for r in base],
+            "reward_reached": [summarise_run(r)["final_reward"] for r in base],
+        }
+    all_pooled = [c for r in runs for c in r["concentration_pooled"]]
+    all_step = [c for r in runs for c in r["concentration_per_step"] if math.isfinite(c)]
+    base_pooled = [c for r in by.get("vanilla", []) for c in r["concentration_pooled"]]
+    out["concentration"] = {
+        "pooled_steps": POOL_STEPS,
+        "pooled_median_all": statistics.median(all_pooled) if all_pooled else None,
+        "pooled_median_baseline": statistics.median(base_pooled) if base_pooled else None,
+        "pooled_min_baseline": min(base_pooled) if base_pooled else None,
+        "per_step_median_all": statistics.median(all_step) if all_step else None,
+    }
+    return out
+
+
+def report(summary: dict[str, Any], cfg: ToyConfig, seeds: list[int]) -> str:
+    lines = []
+    ms = summary["methods"]
+    base = ms.get("vanilla")
+    lines.append(
+        f"toy: {cfg.pool} prompts with secret {cfg.code_len}-digit codes, "
+        f"{cfg.prompts_per_step} prompts x {cfg.group_size} answers = {cfg.tokens_per_step} "
+        f"tokens/step, {cfg.mini_batches} updates/rollout, lr {cfg.lr}, seeds {seeds}, "
+        f"{cfg.steps} steps"
+    )
+    lines.append(
+        f"knobs: clip_cov_ratio {TOY_CLIP_COV_RATIO} kl_cov_ratio {TOY_KL_COV_RATIO} "
+        "(paper 2e-4 / 2e-3, x100), clip_cov_lb/ub 1/5, ppo_kl_coef 1, clip ratios 0.2/0.2"
+    )
+    header = (
+        f"{'method':16} {'reward start':>12} {'reward end':>15} {'H end/start':>12} "
+        f"{'H 2nd half':>15} {'vs base':>7} {'sel/step':>8} {'s/run':>7} {'s/step':>6}"
+    )
+    lines += [header, "-" * len(header)]
+    for m, s in ms.items():
+        ratio = s["second_half_entropy"][0] / base["second_half_entropy"][0] if base else math.nan
+        lines.append(
+            f"{LABELS[m]:16} {s['start_reward'][0]:12.3f} "
+            f"{s['final_reward'][0]:8.3f} ±{s['final_reward'][1]:.3f} "
+            f"{s['final_entropy_rel'][0]:12.1%} "
+            f"{s['second_half_entropy'][0]:8.3f} ±{s['second_half_entropy'][1]:.3f} "
+            f"{ratio:6.1f}x {s['selected_per_step']:8.1f} {s['seconds_per_run'][0]:7.0f} "
+            f"{s['seconds_per_step'][0]:6.3f}"
+        )
+    lines.append(f"(± is the sd over seeds; reward end = mean of the last {FINAL_STEPS} steps)")
+    if base:
+        for m in ("clip_cov", "kl_cov"):
+            if m not in ms:
+                continue
+            gain = ms[m]["final_reward"][0] - base["final_reward"][0]
+            spread = max(
+                max(xs) - min(xs) for xs in (ms[m]["final_rewards"], base["final_rewards"])
+            )
+            worst = min(ms[m]["final_rewards"]) - max(base["final_rewards"])
+            lines.append(
+                f"{LABELS[m]}: reward {gain:+.3f} over baseline (largest seed range "
+                f"{spread:.3f}; worst {LABELS[m]} seed minus best baseline seed {worst:+.3f})"
+            )
+    if "law" in summary:
+        lw = summary["law"]
+        for key in ("per_seed_smooth1", f"per_seed_smooth{LAW_SMOOTH}"):
+            for seed, f, reached in zip(seeds, lw[key], lw["reward_reached"], strict=True):
+                name = f"law on baseline seed {seed} ({key.removeprefix('per_seed_')})"
+                if f["r2"] is None:
+                    lines.append(f"{name}: not enough data")
+                    continue
+                lines.append(
+                    f"{name}: a {f['a']:.4f} b {f['b']:.4f} R^2 {f['r2']:.3f} "
+                    f"ceiling {f['ceiling']:.3f} [{f['ceiling_low']:.3f}, "
+                    f"{f['ceiling_high']:.3f}] vs reached {reached:.3f}"
+                )
+    c = summary["concentration"]
+    if c["pooled_median_baseline"] is not None:
+        lines.append(
+            f"covariance concentration (top 0.02% / mean) over {c['pooled_steps']}-step pools "
+            f"of {c['pooled_steps'] * cfg.tokens_per_step} tokens: baseline median "
+            f"{c['pooled_median_baseline']:.0f}x (min {c['pooled_min_baseline']:.0f}x), all runs "
+            f"median {c['pooled_median_all']:.0f}x"
+        )
+    if c["per_step_median_all"] is not None:
+        lines.append(
+            f"per step (client statistic cov_top_concentration; the top 0.02% of "
+            f"{cfg.tokens_per_step} tokens is 1 token): median {c['per_step_median_all']:.0f}x"
+        )
+    return "\n".join(lines)
+
+
+def plot(
+    runs: list[dict[str, Any]], summary: dict[str, Any], methods: list[str], path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for m in methods:
+        rs = [r for r in runs if r["method"] == m]
+        for key, ax in (("entropy", axes[0]), ("reward", axes[1])):
+            curves = torch.tensor([r[key] for r in rs])  # seeds, steps
+            steps = torch.arange(curves.shape[1])
+            ax.plot(steps, curves.mean(0), color=COLORS[m], label=LABELS[m])
+            if len(rs) > 1:
+                lo, hi = curves.min(0).values, curves.max(0).values
+                ax.fill_between(steps, lo, hi, color=COLORS[m], alpha=0.2, linewidth=0)
+    axes[0].set(xlabel="step", ylabel="policy entropy (nats/token)", title="Entropy")
+    axes[1].set(xlabel="step", ylabel="reward (digits in place / 4)", title="Reward")
+    axes[0].legend()
+    axes[1].legend(loc="lower right")
+    ax = axes[2]
+    base = [r for r in runs if r["method"] == "vanilla"]
+    fits = summary.get("law", {}).get(f"per_seed_smooth{LAW_SMOOTH}", [])
+    if base and fits and fits[0]["r2"] is not None:
+        for r in base:
+            ax.scatter(r["entropy"], r["reward"], s=4, alpha=0.35, color=COLORS["vanilla"])
+        f = fits[0]
+        hs = torch.linspace(0, max(max(r["entropy"]) for r in base), 100)
+        ax.plot(hs, -f["a"] * hs.exp() + f["b"], color="black",
+                label=f"R = -{f['a']:.3f} exp(H) + {f['b']:.3f}  (seed {base[0]['seed']}, "
+                f"R² {f['r2']:.2f})")  # fmt: skip
+        ax.axhline(f["ceiling"], color="black", linestyle=":", linewidth=1,
+                   label=f"predicted ceiling {f['ceiling']:.2f}")  # fmt: skip
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set(xlabel="policy entropy H", ylabel="reward R", title="Baseline: R = -a exp(H) + b")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _number(text: str) -> int | float:
+    return float(text) if any(c in text for c in ".e") else int(text)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=ToyConfig.steps)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="runs in parallel (each uses one thread)")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=ROOT / "docs",
+                        help="directory for reproduce.json and reproduce.png")  # fmt: skip
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="override a ToyConfig field or a control knob (exploration only: "
+                        "the README's figures use the defaults)")  # fmt: skip
+    args = parser.parse_args(argv)
+    overrides = {k: _number(v) for k, v in (item.split("=", 1) for item in args.set)}
+    jobs = [(m, s, args.steps, overrides) for m in args.methods for s in args.seeds]
+    t0 = time.perf_counter()
+    if args.jobs > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(args.jobs) as pool:
+            runs = []
+            for run in pool.imap_unordered(run_one, jobs):
+                runs.append(run)
+                print(f"  {run['method']:8} seed {run['seed']}: {run['seconds']:.0f} s", flush=True)
+    else:
+        runs = [run_one(j) for j in jobs]
+    runs.sort(key=lambda r: (args.methods.index(r["method"]), r["seed"]))
+    summary = summarise(runs, args.methods)
+    cfg = ToyConfig(steps=args.steps, **{k: v for k, v in overrides.items()
+                                          if k in ToyConfig.__dataclass_fields__})  # fmt: skip
+    text = report(summary, cfg, args.seeds)
+    if overrides:
+        text += f"\noverrides: {overrides}"
+    print(text)
+    print(f"total {time.perf_counter() - t0:.0f} s with {args.jobs} parallel runs")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "config": asdict(cfg) | {"seeds": args.seeds},
+        "knobs": {m: control_for(m).knobs() for m in args.methods},
+        "overrides": overrides,
+        "summary": summary,
+        "report": text,
+        "runs": runs,
+    }
+    (args.out / "reproduce.json").write_text(json.dumps(result, indent=1))
+    plot(runs, summary, args.methods, args.out / "reproduce.png")
+    print(f"wrote {args.out / 'reproduce.json'} and {args.out / 'reproduce.png'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

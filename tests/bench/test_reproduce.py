@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from bench import reproduce
+
+
+def test_tiny_reproduction_writes_results_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = reproduce.main(
+        ["--steps", "4", "--seeds", "0", "1", "--jobs", "1", "--out", str(tmp_path)]
+    )
+    assert [(r["method"], r["seed"]) for r in result["runs"]] == [
+        (m, s) for m in ("vanilla", "clip_cov", "kl_cov") for s in (0, 1)
+    ]
+    for run in result["runs"]:
+        assert len(run["entropy"]) == 4 and all(math.isfinite(h) for h in run["entropy"])
+        assert all(0 <= r <= 1 for r in run["reward"])
+        selected = run["detached"] if run["method"] == "clip_cov" else run["penalised"]
+        if run["method"] == "kl_cov":  # K = floor(0.2 * 512) in each of the 4 mini-batches
+            assert selected == [4 * 102] * 4
+        elif run["method"] == "clip_cov":  # at most n = floor(0.02 * 512) per mini-batch
+            assert all(0 <= d <= 4 * 10 for d in selected)
+        else:
+            assert run["detached"] == run["penalised"] == [0] * 4
+    assert result["knobs"]["kl_cov"]["kl_cov_ratio"] == 0.2
+    saved = json.loads((tmp_path / "reproduce.json").read_text())
+    assert saved["summary"]["methods"].keys() == {"vanilla", "clip_cov", "kl_cov"}
+    assert (tmp_path / "reproduce.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "Clip-Cov" in out and "law on baseline seed 0 (smooth1)" in out
