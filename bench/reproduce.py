@@ -48,6 +48,8 @@ FINAL_STEPS = 50  # "the reward reached": mean over the last 50 steps
 TOP_FRACTION = 2e-4  # the paper's top 0.02%
 POOL_STEPS = 25  # steps pooled for the concentration (~51k tokens: the top 0.02% is 10 tokens)
 LAW_SMOOTH = 10  # block size of the smoothed law fit (monitor/ANALYSIS.md)
+SWITCH = ">"  # in a run name: "vanilla>kl_cov@100" switches to KL-Cov after step 100
+SWITCH_WINDOWS = ((0, 10), (20, 30), (45, 55))  # steps after the switch, averaged
 
 
 def control_for(method: str) -> Control:
@@ -62,8 +64,9 @@ class OfflineMonitor:
     """`Monitor.policy_loss` and `Monitor.log` without a server: the client's loss under a fixed
     control, its step statistics, and each step's per-token covariance kept for pooling."""
 
-    def __init__(self, control: Control) -> None:
+    def __init__(self, control: Control, switch: tuple[int, Control] | None = None) -> None:
         self.control = control
+        self._switch = switch  # (step, control): applied at the boundary after that step
         self.steps: list[dict[str, Any]] = []
         self.covariances: list[Tensor] = []  # per step, valid tokens only
         self._acc = StepAccumulator()
@@ -93,6 +96,8 @@ class OfflineMonitor:
         self.steps.append({"step": step, **stats})
         self.covariances.append(torch.cat(self._cov))
         self._acc, self._cov = StepAccumulator(), []
+        if self._switch is not None and step + 1 == self._switch[0]:
+            self.control = self._switch[1]
 
 
 def concentration(cov: Tensor, fraction: float = TOP_FRACTION) -> float:
@@ -107,7 +112,13 @@ def run_one(job: tuple[str, int, int, dict[str, Any]]) -> dict[str, Any]:
     cfg = ToyConfig(
         seed=seed, steps=steps, **{k: v for k, v in overrides.items() if k not in knobs}
     )
-    mon = OfflineMonitor(replace(control_for(method), **knobs))
+    switch = None
+    if SWITCH in method:  # "vanilla>kl_cov@100": the demo's dashboard switch, offline
+        first, rest = method.split(SWITCH)
+        to, at = rest.split("@")
+        switch = (int(at), replace(control_for(to), **knobs))
+        method = first
+    mon = OfflineMonitor(replace(control_for(method), **knobs), switch)
     t0 = time.perf_counter()
     records = train(cfg, mon)
     seconds = time.perf_counter() - t0
@@ -117,7 +128,7 @@ def run_one(job: tuple[str, int, int, dict[str, Any]]) -> dict[str, Any]:
     ]
     per_step = [s["cov_top_concentration"] for s in mon.steps if "cov_top_concentration" in s]
     return {
-        "method": method,
+        "method": job[0],
         "seed": seed,
         "seconds": seconds,
         "seconds_per_step": seconds / steps,
@@ -154,6 +165,35 @@ def law(run: dict[str, Any], smooth: int) -> dict[str, Any]:
     return fit.model_dump(include={"a", "b", "r2", "ceiling", "ceiling_low", "ceiling_high"})
 
 
+def switch_summary(
+    switched: list[dict[str, Any]], baseline: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Entropy after a mid-run switch against the same seed's baseline (identical until then)."""
+    at = int(switched[0]["method"].split("@")[1])
+    base = {r["seed"]: r for r in baseline}
+    rows = []
+    for r in switched:
+        b = base[r["seed"]]
+        row: dict[str, Any] = {
+            "seed": r["seed"],
+            "before": statistics.fmean(r["entropy"][max(0, at - 5) : at]),
+        }
+        for lo, hi in SWITCH_WINDOWS:
+            window = slice(at + lo, at + hi)
+            if len(r["entropy"][window]):
+                row[f"{lo}-{hi}"] = (
+                    statistics.fmean(r["entropy"][window]),
+                    statistics.fmean(b["entropy"][window]),
+                )
+        row["final_reward"] = (summarise_run(r)["final_reward"], summarise_run(b)["final_reward"])
+        rows.append(row)
+    return {"method": switched[0]["method"], "at": at, "per_seed": rows}
+
+
+def _switch_step(method: str) -> int:
+    return int(method.split("@")[1])
+
+
 def mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
@@ -181,6 +221,11 @@ def summarise(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
             f"per_seed_smooth{LAW_SMOOTH}": [law(r, LAW_SMOOTH) for r in base],
             "reward_reached": [summarise_run(r)["final_reward"] for r in base],
         }
+    switched = sorted({r["method"] for r in runs if SWITCH in r["method"]}, key=_switch_step)
+    if switched and "vanilla" in by:
+        out["switch"] = [
+            switch_summary([r for r in runs if r["method"] == m], by["vanilla"]) for m in switched
+        ]
     all_pooled = [c for r in runs for c in r["concentration_pooled"]]
     all_step = [c for r in runs for c in r["concentration_per_step"] if math.isfinite(c)]
     base_pooled = [c for r in by.get("vanilla", []) for c in r["concentration_pooled"]]
@@ -250,6 +295,23 @@ def report(summary: dict[str, Any], cfg: ToyConfig, seeds: list[int]) -> str:
                     f"ceiling {f['ceiling']:.3f} [{f['ceiling_low']:.3f}, "
                     f"{f['ceiling_high']:.3f}] vs reached {reached:.3f}"
                 )
+    for sw in summary.get("switch", []):
+        at, rows = sw["at"], sw["per_seed"]
+        to = sw["method"].split(SWITCH)[1].split("@")[0]
+        parts = [f"entropy before {statistics.fmean(r['before'] for r in rows):.3f}"]
+        for lo, hi in SWITCH_WINDOWS:
+            key = f"{lo}-{hi}"
+            if all(key in r for r in rows):
+                s_h = statistics.fmean(r[key][0] for r in rows)
+                b_h = statistics.fmean(r[key][1] for r in rows)
+                parts.append(f"steps {at + lo}-{at + hi}: {s_h:.3f} vs baseline {b_h:.3f}")
+        s_r = statistics.fmean(r["final_reward"][0] for r in rows)
+        b_r = statistics.fmean(r["final_reward"][1] for r in rows)
+        parts.append(f"reward end {s_r:.3f} vs baseline {b_r:.3f}")
+        lines.append(
+            f"switch to {LABELS[to]} after step {at} (the demo's dashboard switch), mean of "
+            f"{len(rows)} seeds: " + "; ".join(parts)
+        )
     c = summary["concentration"]
     if c["pooled_median_baseline"] is not None:
         lines.append(
@@ -284,10 +346,18 @@ def plot(
             if len(rs) > 1:
                 lo, hi = curves.min(0).values, curves.max(0).values
                 ax.fill_between(steps, lo, hi, color=COLORS[m], alpha=0.2, linewidth=0)
+    switched = sorted({r["method"] for r in runs if SWITCH in r["method"]}, key=_switch_step)
+    for m, style in zip(switched, ("--", ":", "-."), strict=False):
+        rs = [r for r in runs if r["method"] == m]
+        to, at = m.split(SWITCH)[1].split("@")
+        for key, ax in (("entropy", axes[0]), ("reward", axes[1])):
+            mean = torch.tensor([r[key] for r in rs]).mean(0)  # steps
+            ax.plot(torch.arange(mean.shape[0]), mean, color=COLORS[to], linestyle=style,
+                    linewidth=1.2, label=f"GRPO, {LABELS[to]} after step {at}")  # fmt: skip
     axes[0].set(xlabel="step", ylabel="policy entropy (nats/token)", title="Entropy")
     axes[1].set(xlabel="step", ylabel="reward (digits in place / 4)", title="Reward")
-    axes[0].legend()
-    axes[1].legend(loc="lower right")
+    axes[0].legend(loc="lower left", fontsize=8)
+    axes[1].legend(loc="upper left", fontsize=8)
     ax = axes[2]
     base = [r for r in runs if r["method"] == "vanilla"]
     fits = summary.get("law", {}).get(f"per_seed_smooth{LAW_SMOOTH}", [])
@@ -309,6 +379,17 @@ def plot(
     plt.close(fig)
 
 
+def _rounded(value: Any, digits: int = 5) -> Any:
+    """Floats to `digits` decimals, for a JSON file a third of the size."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
 def _number(text: str) -> int | float:
     return float(text) if any(c in text for c in ".e") else int(text)
 
@@ -325,9 +406,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="override a ToyConfig field or a control knob (exploration only: "
                         "the README's figures use the defaults)")  # fmt: skip
+    parser.add_argument("--switch-at", type=int, nargs="*", default=[25, 100], metavar="STEP",
+                        help="also run the baseline switched to --switch-to after each STEP, as "
+                        "the demo's user does in the dashboard (none: no such runs)")  # fmt: skip
+    parser.add_argument("--switch-to", choices=METHODS[1:], default="kl_cov")
+    parser.add_argument("--replot", action="store_true",
+                        help="only redraw reproduce.png from --out's reproduce.json")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.replot:
+        saved: dict[str, Any] = json.loads((args.out / "reproduce.json").read_text())
+        methods = [m for m in METHODS if m in saved["summary"]["methods"]]
+        plot(saved["runs"], saved["summary"], methods, args.out / "reproduce.png")
+        return saved
     overrides = {k: _number(v) for k, v in (item.split("=", 1) for item in args.set)}
-    jobs = [(m, s, args.steps, overrides) for m in args.methods for s in args.seeds]
+    names = list(args.methods)
+    if "vanilla" in args.methods:
+        names += [f"vanilla{SWITCH}{args.switch_to}@{at}" for at in args.switch_at
+                  if 0 < at < args.steps]  # fmt: skip
+    jobs = [(m, s, args.steps, overrides) for m in names for s in args.seeds]
     t0 = time.perf_counter()
     if args.jobs > 1:
         ctx = multiprocessing.get_context("spawn")
@@ -338,7 +434,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"  {run['method']:8} seed {run['seed']}: {run['seconds']:.0f} s", flush=True)
     else:
         runs = [run_one(j) for j in jobs]
-    runs.sort(key=lambda r: (args.methods.index(r["method"]), r["seed"]))
+    runs.sort(key=lambda r: (names.index(r["method"]), r["seed"]))
     summary = summarise(runs, args.methods)
     cfg = ToyConfig(steps=args.steps, **{k: v for k, v in overrides.items()
                                           if k in ToyConfig.__dataclass_fields__})  # fmt: skip
@@ -356,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "report": text,
         "runs": runs,
     }
-    (args.out / "reproduce.json").write_text(json.dumps(result, indent=1))
+    (args.out / "reproduce.json").write_text(json.dumps(_rounded(result)))
     plot(runs, summary, args.methods, args.out / "reproduce.png")
     print(f"wrote {args.out / 'reproduce.json'} and {args.out / 'reproduce.png'}")
     return result

@@ -51,7 +51,7 @@ class ToyConfig:
 
     seed: int = 0
     steps: int = 300
-    pool: int = 64  # prompts (each with its secret code) in the task
+    pool: int = 128  # prompts (each with its secret code) in the task
     code_len: int = 4  # digits per prompt and per answer
     prompts_per_step: int = 64  # P: prompts drawn (with replacement) per rollout
     group_size: int = 8  # G: answers sampled per prompt (GRPO group)

@@ -93,6 +93,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         switch_at=args.switch_at,
         switch_to=args.switch_to,
+        pace=args.pace,
     )
 
 
@@ -150,13 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="embedded Redis + monitor + dashboard + a live run")
     demo.add_argument("--headless", action="store_true", help="no browser; exit 0 when done")
-    demo.add_argument("--steps", type=int, default=400, help="GRPO steps of the toy run")
+    demo.add_argument("--steps", type=int, default=300, help="GRPO steps of the toy run")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
         "--switch-at", type=int, default=None, metavar="STEP",
         help="after this step, change the run's loss mode through the API (as the dashboard does)",
     )  # fmt: skip
     demo.add_argument("--switch-to", choices=("vanilla", "clip_cov", "kl_cov"), default="kl_cov")
+    demo.add_argument(
+        "--pace", type=float, default=None, metavar="SECONDS",
+        help="least time per step, to follow the run (default 1 with the dashboard, 0 headless)",
+    )  # fmt: skip
     demo.add_argument("--port", type=int, default=DEFAULT_PORT)
     demo.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT)
     demo.set_defaults(func=cmd_demo)

@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,13 @@ from monitor.cli import dashboard_command
 READY_TIMEOUT_S = 60.0
 DEMO_RUN = "demo"
 TOY_PATH = Path(__file__).resolve().parent.parent / "examples" / "grpo_toy.py"
+DEFAULT_PACE_S = 1.0  # with a browser: entropy has fallen by a quarter at about step 35
+HINT = """\
+           Plain GRPO: entropy halves by about step 80 while the reward stalls near 0.43.
+           On the Control page, switch loss_mode to kl_cov (or clip_cov) early, before about
+           step 35: entropy then stays nearly flat and the run ends with more reward. Switched
+           after the collapse, entropy only falls a little more slowly; it does not come back.
+           (docs/reproduce.json has the measurements; --pace 2 gives you more time.)"""
 
 
 class DemoError(RuntimeError):
@@ -75,6 +83,17 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (and SIGINT, even where a shell started us with it ignored) stop the demo like
+    Ctrl-C: through the `finally` that stops the child processes, never leaving them behind."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _raise_interrupt)
+
+
 def put_control(api: str, run: str, reason: str, **knobs: Any) -> dict[str, Any]:
     """Change a run's control the way the dashboard does: read the version, PUT with If-Match."""
     url = f"{api}/v1/runs/{run}/control"
@@ -92,11 +111,13 @@ def run_training(
     switch_at: int | None = None,
     switch_to: str = "kl_cov",
     spool_dir: Path | None = None,
+    pace: float = 0.0,
 ) -> list[Any]:
     """The toy GRPO run against the monitor at `api`, with a progress line on the terminal.
 
     With `switch_at`, the demo itself changes the run's loss mode through the API after that
-    step, as a user would in the dashboard; the trainer picks it up at a step boundary.
+    step, as a user would in the dashboard; the trainer picks it up at a step boundary. `pace`
+    is the least time a step takes (seconds), so a person can follow and react.
     """
     from client import Monitor
 
@@ -116,6 +137,7 @@ def run_training(
         if not start:
             start.append(record.entropy)
         print(toy.progress_line(record, steps, start[0]), end="", flush=True)
+        time.sleep(max(0.0, pace - record.seconds))
         if switch_at is not None and record.step + 1 == switch_at:
             put_control(api, DEMO_RUN, f"demo --switch-at {switch_at}", loss_mode=switch_to)
 
@@ -142,6 +164,7 @@ def run_demo(
     seed: int = 0,
     switch_at: int | None = None,
     switch_to: str = "kl_cov",
+    pace: float | None = None,
 ) -> int:
     api = f"http://127.0.0.1:{port}"
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the bar
@@ -151,6 +174,7 @@ def run_demo(
     env.pop("ENTMON_INGEST_TOKENS", None)  # open access on loopback: the demo changes controls
     env.pop("ENTMON_ADMIN_TOKENS", None)
     entmon = [sys.executable, "-m", "monitor.cli"]
+    _stop_on_sigterm()
     processes = [
         subprocess.Popen([*entmon, "serve", "--port", str(port), "--log-level", "warning"], env=env)
     ]
@@ -164,13 +188,14 @@ def run_demo(
                 f"http://127.0.0.1:{dashboard_port}/_stcore/health", processes[1], "dashboard"
             )
             print(f"dashboard: http://127.0.0.1:{dashboard_port}/?run={DEMO_RUN}")
-            print(
-                "           watch entropy collapse; switch the run to kl_cov or clip_cov on the "
-                "Control page and watch it recover"
-            )
+            print(HINT)
+        if pace is None:
+            pace = 0.0 if headless else DEFAULT_PACE_S
+        if pace > 0:
+            print(f"           paced at >= {pace:g} s/step to be followed (--pace 0: full speed)")
         run_training(
             api, steps=steps, seed=seed, switch_at=switch_at, switch_to=switch_to,
-            spool_dir=data_dir / "spool",
+            spool_dir=data_dir / "spool", pace=pace,
         )  # fmt: skip
         if headless:
             return 0

@@ -34,3 +34,16 @@ def test_tiny_reproduction_writes_results_and_plot(
     assert (tmp_path / "reproduce.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "Clip-Cov" in out and "law on baseline seed 0 (smooth1)" in out
+
+
+def test_a_switched_run_matches_its_baseline_until_the_switch(tmp_path: Path) -> None:
+    result = reproduce.main(
+        ["--steps", "6", "--seeds", "0", "--methods", "vanilla", "--switch-at", "3",
+         "--jobs", "1", "--out", str(tmp_path)]
+    )  # fmt: skip
+    base, switched = result["runs"]
+    assert switched["method"] == "vanilla>kl_cov@3"
+    assert switched["entropy"][:3] == base["entropy"][:3]  # same seed, same steps: bit-identical
+    assert switched["entropy"][3:] != base["entropy"][3:]
+    assert switched["penalised"] == [0, 0, 0] + [4 * 102] * 3
+    assert [s["at"] for s in result["summary"]["switch"]] == [3]
