@@ -116,7 +116,7 @@ class Reporter:
         self._queue_drops = 0
         self._queue_drops_seen = 0
         self._drops_to_report = 0
-        self.dropped = 0  # reports lost for good (queue full, spool full or off, rejected)
+        self.dropped = 0  # lost here for good (spool full or off, rejected); see dropped_total
         self.delivered = 0  # reports the monitor acknowledged (new or duplicate)
         self.spooled = 0  # reports written to the spool
         # Reporter-thread state.
@@ -136,7 +136,11 @@ class Reporter:
             return
         if len(self._queue) >= self._config.queue_size:
             self._queue_drops += 1
-            self._log_once("queue_full", "report queue full: dropping reports (disk too slow?)")
+            self._log_once(
+                "queue_full",
+                f"{self._config.queue_size} reports queued: dropping reports, the reporter cannot "
+                "keep up (monitor hanging or disk too slow)",
+            )
             return
         self._queue.append(report)
         if not self._wake.is_set():
@@ -144,6 +148,7 @@ class Reporter:
 
     @property
     def dropped_total(self) -> int:
+        """Every report lost for good, the full queue's included."""
         return self.dropped + self._queue_drops
 
     @property
@@ -229,13 +234,22 @@ class Reporter:
         lines = []
         for report in items:
             drops = self._pending_drops()
+            problems: list[str] = []
             try:
-                done = finalize(report, client_drops=drops, tokenizer=self._tokenizer)
+                done = finalize(
+                    report, client_drops=drops, tokenizer=self._tokenizer, problems=problems
+                )
                 lines.append(encode(done))
                 self._yield_gil()
             except Exception as e:
                 why = f"step {report.get('step')} not reportable: {e!r}"
                 self._drop(1, "encode", why, carried=drops)
+            if problems:
+                self._log_once(
+                    f"scalar:{problems[0].split('=')[0]}",
+                    f"log(step={report.get('step')}) left out {'; '.join(problems)}",
+                    logging.ERROR,
+                )
         return lines
 
     def _pending_drops(self) -> int:
