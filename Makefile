@@ -7,8 +7,9 @@ PIP := $(PY) -m pip
 # torch pulled in by a dependency would fetch gigabytes of CUDA packages.
 TORCH := torch==2.13.0
 
-# Debian packages the tests drive for real: a headless browser and Prometheus (promtool).
-SYSTEM_PACKAGES := chromium prometheus
+# Debian packages the tests drive for real: a headless browser, Prometheus (promtool) and
+# Alertmanager (amtool) for tests/deploy.
+SYSTEM_PACKAGES := chromium prometheus prometheus-alertmanager
 
 .PHONY: demo test lint typecheck pytest clean system-deps
 
@@ -32,7 +33,7 @@ system-deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	  else echo "missing system packages:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
 	fi
 

@@ -33,12 +33,11 @@ def is_global(scope: Scope) -> bool:
 class Centred(NamedTuple):
     """Per-token covariance of a selection unit and the means it is centred on."""
 
-    cov: Tensor  # B, T fp32, 0 at masked tokens
+    cov: Tensor  # B, T fp32, exactly 0 at masked tokens
     lp_mean: Tensor  # 0-d fp32
     adv_mean: Tensor  # 0-d fp32
     n: Tensor  # 0-d int64, valid tokens of the scope
     scope: Scope
-    masked_value: Tensor  # 0-d: what `cov` holds at every masked token (0, or NaN if diverged)
 
 
 @torch.no_grad()
@@ -54,11 +53,10 @@ def centred(batch: Batch, scope: Scope = "micro_batch") -> Centred:
         lp_sum, adv_sum, n = sums[0].float(), sums[1].float(), sums[2].long()
     denom = n.clamp(min=1)
     lp_mean, adv_mean = lp_sum / denom, adv_sum / denom
-    # The reference's order of factors. At masked tokens the inputs are 0, so the product is
-    # finite unless a mean is not, and multiplying by `keep` zeroes it.
-    cov = ((adv - adv_mean) * (lp - lp_mean)).mul_(batch.keep)
-    masked_value = ((0.0 - adv_mean) * (0.0 - lp_mean)) * 0.0  # the same arithmetic, 0-d
-    return Centred(cov, lp_mean, adv_mean, n, scope, masked_value)
+    # The reference's order of factors; exactly 0 at masked tokens even if a mean is not finite
+    # (the step statistics count masked tokens out of the zero bucket).
+    cov = torch.where(batch.valid, (adv - adv_mean) * (lp - lp_mean), 0.0)
+    return Centred(cov, lp_mean, adv_mean, n, scope)
 
 
 @torch.no_grad()

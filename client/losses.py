@@ -143,6 +143,49 @@ def _stats(
     )
 
 
+def _loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    c: Control,
+    *,
+    clip_ratio_c: float | None,
+    generator: torch.Generator | None,
+    scope: Scope,
+    selection: Selection | None,
+) -> tuple[Tensor, LossStats]:
+    """The loss of a validated control."""
+    vanilla = c.loss_mode == "vanilla"
+    t = _terms(
+        log_prob, old_log_prob, advantages, response_mask, c.clip_ratio_low, c.clip_ratio_high,
+        clamp_log_ratio=vanilla,
+    )  # fmt: skip
+    if vanilla:
+        loss = torch.maximum(t.pg1, t.pg2)
+        if clip_ratio_c is not None:
+            # verl: where(A < 0, min(-A * c, loss), loss). For A >= 0, |A| * c >= 0 >= loss,
+            # so min(|A| * c, loss) is the same value (and gradient) without a `where`.
+            loss = torch.minimum(t.batch.advantages.abs() * clip_ratio_c, loss)
+        return _token_mean(loss, t), _stats("vanilla", scope, t)
+    centred = None
+    if c.loss_mode == "clip_cov":
+        if selection is None:
+            selection, centred = clip_cov_selection(
+                t.batch, t.clipped,
+                clip_cov_ratio=c.clip_cov_ratio, clip_cov_lb=c.clip_cov_lb,
+                clip_cov_ub=c.clip_cov_ub, generator=generator, scope=scope,
+            )  # fmt: skip
+        loss = torch.maximum(t.pg1, t.pg2).masked_fill(selection.picked, 0.0)
+    else:
+        if selection is None:
+            selection, centred = kl_cov_selection(t.batch, kl_cov_ratio=c.kl_cov_ratio, scope=scope)
+        penalty = c.ppo_kl_coef * t.log_ratio.abs()
+        loss = torch.where(selection.picked, t.pg1 + penalty, t.pg1)
+    stats = _stats(c.loss_mode, scope, t, selection=selection, centred=centred)
+    return _token_mean(loss, t), stats
+
+
 def vanilla_ppo_loss(
     log_prob: Tensor,
     old_log_prob: Tensor,
@@ -157,19 +200,13 @@ def vanilla_ppo_loss(
 
     `clip_ratio_c` is the dual-clip bound for negative advantages (None: no dual clip).
     """
-    Control(clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high)  # validates
     if clip_ratio_c is not None and not clip_ratio_c > 1.0:
         raise ValueError(f"clip_ratio_c must be > 1, got {clip_ratio_c}")
-    t = _terms(
-        log_prob, old_log_prob, advantages, response_mask, clip_ratio_low, clip_ratio_high,
-        clamp_log_ratio=True,
+    c = Control(loss_mode="vanilla", clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high)
+    return _loss(
+        log_prob, old_log_prob, advantages, response_mask, c,
+        clip_ratio_c=clip_ratio_c, generator=None, scope="micro_batch", selection=None,
     )  # fmt: skip
-    loss = torch.maximum(t.pg1, t.pg2)
-    if clip_ratio_c is not None:
-        # verl: where(A < 0, min(-A * c, loss), loss). For A >= 0, |A| * c >= 0 >= loss, so
-        # min(|A| * c, loss) is the same value (and gradient) without a `where`.
-        loss = torch.minimum(t.batch.advantages.abs() * clip_ratio_c, loss)
-    return _token_mean(loss, t), _stats("vanilla", "micro_batch", t)
 
 
 def clip_cov_loss(
@@ -194,20 +231,14 @@ def clip_cov_loss(
     is max(floor(clip_cov_ratio * valid tokens), 1). Pass `selection` (from `select_tokens`) to
     use a selection made on a larger batch instead of selecting here.
     """
-    Control(
-        clip_cov_ratio=clip_cov_ratio, clip_cov_lb=clip_cov_lb, clip_cov_ub=clip_cov_ub,
-        clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high,
+    c = Control(
+        loss_mode="clip_cov", clip_cov_ratio=clip_cov_ratio, clip_cov_lb=clip_cov_lb,
+        clip_cov_ub=clip_cov_ub, clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high,
     )  # fmt: skip
-    t = _terms(log_prob, old_log_prob, advantages, response_mask, clip_ratio_low, clip_ratio_high)
-    c = None
-    if selection is None:
-        selection, c = clip_cov_selection(
-            t.batch, t.clipped,
-            clip_cov_ratio=clip_cov_ratio, clip_cov_lb=clip_cov_lb, clip_cov_ub=clip_cov_ub,
-            generator=generator, scope=scope,
-        )  # fmt: skip
-    loss = torch.maximum(t.pg1, t.pg2).masked_fill(selection.picked, 0.0)
-    return _token_mean(loss, t), _stats("clip_cov", scope, t, selection=selection, centred=c)
+    return _loss(
+        log_prob, old_log_prob, advantages, response_mask, c,
+        clip_ratio_c=None, generator=generator, scope=scope, selection=selection,
+    )  # fmt: skip
 
 
 def kl_cov_loss(
@@ -229,17 +260,14 @@ def kl_cov_loss(
     The clip ratios only feed the `ppo_clip_frac` statistic. On-policy (log_prob equal to
     old_log_prob) the penalty is 0 and this is the plain unclipped policy gradient.
     """
-    Control(
-        kl_cov_ratio=kl_cov_ratio, ppo_kl_coef=ppo_kl_coef,
+    c = Control(
+        loss_mode="kl_cov", kl_cov_ratio=kl_cov_ratio, ppo_kl_coef=ppo_kl_coef,
         clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high,
     )  # fmt: skip
-    t = _terms(log_prob, old_log_prob, advantages, response_mask, clip_ratio_low, clip_ratio_high)
-    c = None
-    if selection is None:
-        selection, c = kl_cov_selection(t.batch, kl_cov_ratio=kl_cov_ratio, scope=scope)
-    penalty = ppo_kl_coef * t.log_ratio.abs()
-    loss = torch.where(selection.picked, t.pg1 + penalty, t.pg1)
-    return _token_mean(loss, t), _stats("kl_cov", scope, t, selection=selection, centred=c)
+    return _loss(
+        log_prob, old_log_prob, advantages, response_mask, c,
+        clip_ratio_c=None, generator=None, scope=scope, selection=selection,
+    )  # fmt: skip
 
 
 def policy_loss(
@@ -253,25 +281,11 @@ def policy_loss(
     scope: Scope = "micro_batch",
     selection: Selection | None = None,
 ) -> tuple[Tensor, LossStats]:
-    """The loss `control.loss_mode` names, with the control's knobs."""
-    if control.loss_mode == "clip_cov":
-        return clip_cov_loss(
-            log_prob, old_log_prob, advantages, response_mask,
-            clip_cov_ratio=control.clip_cov_ratio, clip_cov_lb=control.clip_cov_lb,
-            clip_cov_ub=control.clip_cov_ub, clip_ratio_low=control.clip_ratio_low,
-            clip_ratio_high=control.clip_ratio_high, generator=generator, scope=scope,
-            selection=selection,
-        )  # fmt: skip
-    if control.loss_mode == "kl_cov":
-        return kl_cov_loss(
-            log_prob, old_log_prob, advantages, response_mask,
-            kl_cov_ratio=control.kl_cov_ratio, ppo_kl_coef=control.ppo_kl_coef,
-            clip_ratio_low=control.clip_ratio_low, clip_ratio_high=control.clip_ratio_high,
-            scope=scope, selection=selection,
-        )  # fmt: skip
-    return vanilla_ppo_loss(
-        log_prob, old_log_prob, advantages, response_mask,
-        clip_ratio_low=control.clip_ratio_low, clip_ratio_high=control.clip_ratio_high,
+    """The loss `control.loss_mode` names, with the control's knobs (verl's semantics; the
+    vanilla loss uses verl's dual-clip bound 3.0)."""
+    return _loss(
+        log_prob, old_log_prob, advantages, response_mask, control,
+        clip_ratio_c=DEFAULT_CLIP_RATIO_C, generator=generator, scope=scope, selection=selection,
     )  # fmt: skip
 
 

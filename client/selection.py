@@ -19,7 +19,8 @@ smallest key (Clip-Cov), so the selection no longer depends on how the batch is 
 #7830 does the same) and pass each micro-batch its `Selection.rows(...)`. In global scope the
 Clip-Cov keys are a hash of (seed, global row, position), so a token gets the same key on
 whichever rank it lands; the seed comes from rank 0's generator. Global scope reads one number
-to the host (the global token count, which sizes the exchanged top-k) and does two collectives.
+to the host (the global token count, which sizes the exchanged top-k) and does a few small
+collectives (sums, top-k; for Clip-Cov also the seed and the row offsets).
 """
 
 from __future__ import annotations
@@ -55,8 +56,10 @@ class Selection:
     budget: Tensor
 
     def rows(self, index: slice | Tensor) -> Selection:
-        """The selection restricted to some rows (a micro-batch of its mini-batch)."""
-        return Selection(self.picked[index], self.candidates[index], self.budget)
+        """The selection restricted to some rows (a micro-batch of its mini-batch). A slice's
+        budget is what it picked, so the slices' budgets add up to the selection's picks."""
+        picked = self.picked[index]
+        return Selection(picked, self.candidates[index], torch.count_nonzero(picked))
 
 
 def budget(ratio: float, n_valid: Tensor) -> Tensor:

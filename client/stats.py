@@ -3,11 +3,12 @@
 `StepAccumulator.add` is called once per micro-batch. It launches device work only: no
 `.item()`, no boolean indexing, no `bincount` sizing on CUDA. Everything it keeps is device
 tensors: one row of per-micro-batch moments, the two histograms' counts (added in place) and a
-running top-k buffer of the highest-covariance tokens. `pack` combines the rows, concatenates
-everything into ONE flat float64 tensor and starts its copy to the host (pinned memory and a
-CUDA event on CUDA); `PackedStep.unpack`, run later on the reporter thread, waits for that event
-and turns the numbers into the wire format. One host transfer per step, whatever the number of
-micro-batches and statistics.
+running top-k buffer of the highest-covariance tokens. `pack` concatenates everything into ONE
+flat float64 tensor and starts its copy to the host (pinned memory and a CUDA event on CUDA);
+`PackedStep.unpack`, run later on the reporter thread, waits for that event, combines the
+micro-batch rows in plain Python and builds the wire format. One host transfer per step,
+whatever the number of micro-batches and statistics, and no combination work on the training
+thread.
 
 How micro-batches combine into the step's statistics (all token-weighted):
 - means (entropy, logp, advantage, covariance, |log-ratio|, loss, PPO clip fraction) weight each
@@ -35,23 +36,23 @@ from torch import Tensor
 
 from client.batch import masked_batch
 from client.covariance import centred
-from client.histograms import bucket_counts_except, histogram_wire
+from client.histograms import bucket_counts_unmasked, histogram_wire
 from client.losses import LossStats
 from client.selection import static_budget
-from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
+from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count, bucket_index
 
 TOP_FRACTION = 2e-4  # the paper's "top 0.02% of tokens"
 DEFAULT_TOP_TOKENS = 16
 MAX_TEXT_CHARS = 256  # the wire's limit on a top token's decoded text
 _LOWEST = torch.finfo(torch.float32).min  # score of masked tokens: below every real covariance
 
-# One row per micro-batch (float64). Sums and counts unless named *_mean / *_m2 / *_max.
-_ROW = (
-    "tokens", "rows", "lp_sum", "adv_mean", "adv_m2", "cov_mean", "cov_m2", "cov_max",
-    "ent_sum", "ent_tokens", "abs_lr_sum", "loss_sum", "loss_tokens", "stat_tokens",
-    "candidates", "detached", "penalised", "pen_abs_lr_sum", "clip_sum", "budget",
-)  # fmt: skip
-_COL = {name: i for i, name in enumerate(_ROW)}
+# One row per micro-batch: counts (int64 on the device) then float32 values, both sent as
+# float64. Means are per micro-batch; `unpack` weights them by tokens.
+_COUNTS = ("tokens", "rows", "ent_tokens", "loss_tokens", "stat_tokens", "candidates",
+           "detached", "penalised", "budget")  # fmt: skip
+_VALUES = ("lp_mean", "adv_mean", "adv_m2", "cov_mean", "cov_m2", "cov_max", "ent_sum",
+           "abs_lr_mean", "loss", "pen_abs_lr_mean", "clip_frac")  # fmt: skip
+_ROW = _COUNTS + _VALUES
 # Columns of the top-token buffer.
 _TOP = ("cov", "logp", "advantage", "entropy", "token_id", "position")
 
@@ -84,7 +85,8 @@ class StepAccumulator:
         self._entropy_counts: Tensor | None = None
         self._cov_counts: Tensor | None = None
         self._top: Tensor | None = None  # k, len(_TOP), sorted by cov descending
-        self._numel = 0  # tokens seen, masked included: sizes the top buffer on the host
+        self._numel = 0  # tokens seen, masked included (host-side, from the shapes)
+        self._entropy_numel = 0  # the same, for micro-batches that gave an entropy
         self._loss_mode: str | None = None
 
     @torch.no_grad()
@@ -112,56 +114,63 @@ class StepAccumulator:
         if c is None or c.scope != "micro_batch":
             c = centred(batch, "micro_batch")  # statistics are per micro-batch
         keep = batch.keep.view(-1)  # N; 0/1 weights: float arithmetic instead of masking
-        n = c.n.double()
-        denom = n.clamp(min=1)
+        self._numel += keep.numel()
+        denom = c.n.clamp(min=1)
+        zero_i = torch.zeros((), dtype=torch.int64, device=keep.device)
+        zero_f = torch.zeros((), dtype=torch.float32, device=keep.device)
 
-        # Moments around this micro-batch's means (merged exactly in `pack`).
+        # Moments around this micro-batch's means (merged exactly in `unpack`).
         adv_dev = (batch.advantages.view(-1).float() - c.adv_mean).mul_(keep)  # N
         cov = c.cov.view(-1)  # N, 0 at masked tokens
-        cov_mean = cov.sum().double() / denom
-        cov_dev = (cov - cov_mean.float()).mul_(keep)  # N
+        cov_mean = cov.sum() / denom
+        cov_dev = (cov - cov_mean).mul_(keep)  # N
         score = (keep - 1.0).mul_(-_LOWEST).add_(cov)  # N; masked tokens at the lowest float
-        row: dict[str, Tensor] = {
-            "tokens": n,
-            "rows": torch.count_nonzero(batch.keep.sum(dim=-1)),
-            "lp_sum": c.lp_mean.double() * n,
-            "adv_mean": c.adv_mean,
-            "adv_m2": adv_dev.dot(adv_dev),
-            "cov_mean": cov_mean,
-            "cov_m2": cov_dev.dot(cov_dev),
-            "cov_max": torch.where(n > 0, score.amax(), -torch.inf),
-        }
-        masked = c.n.neg().add_(cov.numel())  # masked tokens
-        self._count("_cov_counts", cov, COVARIANCE_LAYOUT, c.masked_value, masked)
+        counts = dict.fromkeys(_COUNTS, zero_i)
+        values = dict.fromkeys(_VALUES, zero_f)
+        counts["tokens"] = c.n
+        counts["rows"] = torch.count_nonzero(batch.keep.sum(dim=-1))
+        values["lp_mean"] = c.lp_mean
+        values["adv_mean"] = c.adv_mean
+        values["adv_m2"] = adv_dev.dot(adv_dev)
+        values["cov_mean"] = cov_mean
+        values["cov_m2"] = cov_dev.dot(cov_dev)
+        values["cov_max"] = score.amax()
+        self._count("_cov_counts", cov, COVARIANCE_LAYOUT)
 
         if entropy is not None:
             ent = torch.where(batch.valid, entropy.detach().float(), 0.0).view(-1)  # N
-            row["ent_sum"] = ent.sum()
-            row["ent_tokens"] = n
-            self._count("_entropy_counts", ent, ENTROPY_LAYOUT, torch.zeros_like(cov_mean), masked)
+            counts["ent_tokens"] = c.n
+            self._entropy_numel += keep.numel()
+            values["ent_sum"] = ent.sum()
+            self._count("_entropy_counts", ent, ENTROPY_LAYOUT)
         if loss is not None:
-            row["loss_sum"] = loss.detach().double() * n
-            row["loss_tokens"] = n
+            counts["loss_tokens"] = c.n
+            values["loss"] = loss.detach().float()
         if loss_stats is not None:
             s = loss_stats
             self._loss_mode = s.loss_mode
-            row["abs_lr_sum"] = s.abs_log_ratio_mean.double() * s.tokens
-            row["stat_tokens"] = s.tokens
-            row["candidates"] = s.candidates
-            row["detached"] = s.detached
-            row["penalised"] = s.penalised
-            row["pen_abs_lr_sum"] = s.penalised_abs_log_ratio_mean.double() * s.penalised
-            row["clip_sum"] = s.ppo_clip_frac.double() * s.tokens
-            row["budget"] = s.budget
+            for name in ("candidates", "detached", "penalised", "budget"):
+                counts[name] = getattr(s, name)
+            counts["stat_tokens"] = s.tokens
+            values["abs_lr_mean"] = s.abs_log_ratio_mean
+            values["pen_abs_lr_mean"] = s.penalised_abs_log_ratio_mean
+            values["clip_frac"] = s.ppo_clip_frac
         else:  # masked entries are 0 in both, so their difference is too
-            row["abs_lr_sum"] = (batch.log_prob.detach() - batch.old_log_prob).abs().sum()
-        self._rows.append(_stack_row(row, score.device))
+            abs_lr = (batch.log_prob.detach() - batch.old_log_prob).abs().sum()
+            counts["stat_tokens"] = c.n
+            values["abs_lr_mean"] = abs_lr.float() / denom
+        row = torch.cat(
+            [
+                torch.stack([counts[k] for k in _COUNTS]).double(),
+                torch.stack([values[k].float() for k in _VALUES]).double(),
+            ]
+        )
+        self._rows.append(row)
         self._update_top(score, log_prob, advantages, entropy, token_ids)
 
-    def _count(
-        self, name: str, values: Tensor, layout: str, masked_value: Tensor, masked: Tensor
-    ) -> None:
-        counts = bucket_counts_except(values, layout, masked_value, masked)
+    def _count(self, name: str, values: Tensor, layout: str) -> None:
+        # Masked entries are exactly 0 here; `unpack` takes them out of the zero bucket.
+        counts = bucket_counts_unmasked(values, layout)
         total = getattr(self, name)
         setattr(self, name, counts if total is None else total.add_(counts))
 
@@ -175,8 +184,7 @@ class StepAccumulator:
     ) -> None:
         """Keep the highest-covariance tokens seen so far: enough for the top-fraction
         statistic over every token seen (a bound known on the host) and for the top tokens."""
-        B, T = log_prob.shape  # rows, positions
-        self._numel += B * T
+        T = log_prob.shape[1]  # positions
         k = max(self.top_tokens, static_budget(self.top_fraction, self._numel), 1)
         idx = torch.topk(score, min(k, score.numel()), sorted=False).indices  # k'
         nan = torch.full_like(score[idx], math.nan)
@@ -196,26 +204,27 @@ class StepAccumulator:
 
     @torch.no_grad()
     def pack(self) -> PackedStep:
-        """Combine the micro-batches into one flat tensor, start its copy to the host, reset."""
-        if not self._rows:
+        """Concatenate the step into one flat tensor, start its copy to the host, reset."""
+        if not self._rows or self._cov_counts is None or self._top is None:
             self.reset()
-            return PackedStep(None, _Layout(top_rows=0, entropy=False, loss_mode=None))
-        rows = torch.stack(self._rows)  # M, len(_ROW)
-        device = rows.device
-        parts = [_combine(rows, self._top, self.top_fraction)]
-        has_entropy = self._entropy_counts is not None
+            return PackedStep(None, _Layout(0, 0, False, None, self.top_fraction, 0, 0))
+        parts = [torch.stack(self._rows).view(-1)]  # M * len(_ROW)
         if self._entropy_counts is not None:
             parts.append(self._entropy_counts.double())
-        assert self._cov_counts is not None and self._top is not None  # set with every row
-        parts += [self._cov_counts.double(), self._top[: self.top_tokens].reshape(-1)]
+        parts += [self._cov_counts.double(), self._top.reshape(-1)]
         flat = torch.cat(parts)
         layout = _Layout(
-            top_rows=min(self.top_tokens, self._top.shape[0]),
-            entropy=has_entropy,
+            micro_batches=len(self._rows),
+            top_rows=self._top.shape[0],
+            entropy=self._entropy_counts is not None,
             loss_mode=self._loss_mode,
+            top_fraction=self.top_fraction,
+            numel=self._numel,
+            entropy_numel=self._entropy_numel,
+            top_tokens=self.top_tokens,
         )
         self.reset()
-        if device.type == "cuda":
+        if flat.device.type == "cuda":
             host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
             host.copy_(flat, non_blocking=True)
             event = torch.cuda.Event()  # type: ignore[no-untyped-call]
@@ -224,77 +233,18 @@ class StepAccumulator:
         return PackedStep(flat.to("cpu"), layout)
 
 
-# Statistics `_combine` writes, in order, before the histograms and the top-token buffer.
-_OUT = (
-    "tokens", "rows", "logp_mean", "adv_mean", "adv_std", "cov_mean", "cov_std", "cov_max",
-    "cov_top_concentration", "entropy", "ent_tokens", "abs_log_ratio_mean", "policy_loss",
-    "loss_tokens", "candidates", "detached", "penalised", "penalised_abs_log_ratio_mean",
-    "ppo_clip_frac", "budget", "stat_tokens",
-)  # fmt: skip
-
-
-def _stack_row(row: dict[str, Tensor], device: torch.device) -> Tensor:
-    zero = torch.zeros((), dtype=torch.float64, device=device)  # a fill, not a host copy
-    return torch.stack([row[name].to(torch.float64) if name in row else zero for name in _ROW])
-
-
-def _combine(rows: Tensor, top: Tensor | None, top_fraction: float) -> Tensor:
-    """The step's statistics from the micro-batch rows, on the device."""
-    col = {name: rows[:, i] for i, name in enumerate(_ROW)}
-    n = col["tokens"]  # M
-    N = n.sum()
-    denom = N.clamp(min=1)
-
-    def pooled(mean: Tensor, m2: Tensor) -> tuple[Tensor, Tensor]:
-        grand = (n * mean).sum() / denom
-        total_m2 = m2.sum() + (n * (mean - grand) ** 2).sum()
-        return grand, (total_m2 / denom).sqrt()
-
-    adv_mean, adv_std = pooled(col["adv_mean"], col["adv_m2"])
-    cov_mean, cov_std = pooled(col["cov_mean"], col["cov_m2"])
-    if top is None:
-        top_mean = torch.full_like(N, math.nan)
-    else:
-        k = torch.floor(N * top_fraction).clamp(min=1)  # the top 0.02%, at least one token
-        first = torch.arange(top.shape[0], device=N.device) < k
-        top_mean = torch.where(first, top[:, 0], 0.0).sum() / k
-    ent_tokens = col["ent_tokens"].sum()
-    loss_tokens = col["loss_tokens"].sum()
-    stat_tokens = col["stat_tokens"].sum()
-    out = {
-        "tokens": N,
-        "rows": col["rows"].sum(),
-        "logp_mean": col["lp_sum"].sum() / denom,
-        "adv_mean": adv_mean,
-        "adv_std": adv_std,
-        "cov_mean": cov_mean,
-        "cov_std": cov_std,
-        "cov_max": col["cov_max"].amax(),
-        "cov_top_concentration": top_mean / cov_mean,
-        "entropy": col["ent_sum"].sum() / ent_tokens.clamp(min=1),
-        "ent_tokens": ent_tokens,
-        "abs_log_ratio_mean": col["abs_lr_sum"].sum() / denom,
-        "policy_loss": col["loss_sum"].sum() / loss_tokens.clamp(min=1),
-        "loss_tokens": loss_tokens,
-        "candidates": col["candidates"].sum(),
-        "detached": col["detached"].sum(),
-        "penalised": col["penalised"].sum(),
-        "penalised_abs_log_ratio_mean": col["pen_abs_lr_sum"].sum()
-        / col["penalised"].sum().clamp(min=1),
-        "ppo_clip_frac": col["clip_sum"].sum() / stat_tokens.clamp(min=1),
-        "budget": col["budget"].sum(),
-        "stat_tokens": stat_tokens,
-    }
-    return torch.stack([out[name] for name in _OUT])
-
-
 @dataclass(frozen=True)
 class _Layout:
-    """Static description of a packed step (what is in the flat tensor)."""
+    """Static description of a packed step (what is where in the flat tensor)."""
 
+    micro_batches: int
     top_rows: int  # rows of the top-token buffer
     entropy: bool  # whether the entropy histogram is there
     loss_mode: str | None  # None when no loss statistics were given
+    top_fraction: float
+    numel: int  # tokens passed in, masked included: masked ones sit in the zero buckets
+    entropy_numel: int
+    top_tokens: int = DEFAULT_TOP_TOKENS
 
 
 class PackedStep:
@@ -325,61 +275,97 @@ class PackedStep:
             self._event.synchronize()
         values = self._host.tolist()
         L = self._layout
-        out = dict(zip(_OUT, values[: len(_OUT)], strict=True))
-        pos = len(_OUT)
+        pos = L.micro_batches * len(_ROW)
+        rows = [
+            dict(zip(_ROW, values[i : i + len(_ROW)], strict=True))
+            for i in range(0, pos, len(_ROW))
+        ]
         histograms: dict[str, Any] = {}
-        if L.entropy:
-            size = bucket_count(ENTROPY_LAYOUT) + 1
-            histograms["entropy"] = histogram_wire(ENTROPY_LAYOUT, values[pos : pos + size])
+        for name, layout, present, numel, valid in (
+            ("entropy", ENTROPY_LAYOUT, L.entropy, L.entropy_numel, "ent_tokens"),
+            ("covariance", COVARIANCE_LAYOUT, True, L.numel, "tokens"),
+        ):
+            if not present:
+                continue
+            size = bucket_count(layout) + 1
+            counts = values[pos : pos + size]
             pos += size
-        size = bucket_count(COVARIANCE_LAYOUT) + 1
-        histograms["covariance"] = histogram_wire(COVARIANCE_LAYOUT, values[pos : pos + size])
-        pos += size
-        top = values[pos : pos + L.top_rows * len(_TOP)]
+            # Masked entries were counted as zeros: take them back out.
+            counts[bucket_index(layout, 0.0)] -= numel - sum(r[valid] for r in rows)
+            histograms[name] = histogram_wire(layout, counts)
+        top = [values[i : i + len(_TOP)] for i in range(pos, len(values), len(_TOP))]
+        stats, user = _combine(rows, [t[0] for t in top], L)
         return {
-            "stats": _stats(out, L),
+            "stats": stats,
             "histograms": histograms,
-            "top_tokens": _top_tokens(top, tokenizer),
-            "user": _user(out, L),
+            "top_tokens": _top_tokens(top[: L.top_tokens], tokenizer),
+            "user": user,
         }
 
 
-def _stats(out: dict[str, float], L: _Layout) -> dict[str, float | int]:
-    tokens = int(out["tokens"])
-    stats: dict[str, float | int] = {"tokens": tokens}
-    if tokens == 0:
-        return stats
-    for name in ("logp_mean", "adv_mean", "adv_std", "cov_mean", "cov_std", "cov_max"):
-        stats[name] = out[name]
-    stats["cov_top_concentration"] = out["cov_top_concentration"]
-    stats["abs_log_ratio_mean"] = out["abs_log_ratio_mean"]
-    stats["response_length"] = out["tokens"] / max(out["rows"], 1.0)
-    if out["ent_tokens"] > 0:
-        stats["entropy"] = out["entropy"]
-    if out["loss_tokens"] > 0:
-        stats["policy_loss"] = out["policy_loss"]
-    if L.loss_mode is not None and out["stat_tokens"] > 0:
-        stats["ppo_clip_frac"] = out["ppo_clip_frac"]
+def _combine(
+    rows: list[dict[str, float]], top_cov: list[float], L: _Layout
+) -> tuple[dict[str, float | int], dict[str, float]]:
+    """The step's statistics from the micro-batch rows (host side, float64)."""
+    N = sum(r["tokens"] for r in rows)
+    stats: dict[str, float | int] = {"tokens": int(N)}
+    if N == 0:
+        return stats, {}
+
+    def weighted(name: str, weight: str = "tokens") -> float:
+        total = sum(r[weight] for r in rows)
+        return sum(r[name] * r[weight] for r in rows if r[weight]) / total
+
+    def pooled(mean: str, m2: str) -> tuple[float, float]:
+        grand = weighted(mean)
+        within = sum(r[m2] for r in rows)
+        between = sum(r["tokens"] * (r[mean] - grand) ** 2 for r in rows if r["tokens"])
+        return grand, math.sqrt((within + between) / N) if within + between >= 0 else math.nan
+
+    stats["logp_mean"] = weighted("lp_mean")
+    stats["adv_mean"], stats["adv_std"] = pooled("adv_mean", "adv_m2")
+    stats["cov_mean"], stats["cov_std"] = pooled("cov_mean", "cov_m2")
+    stats["cov_max"] = max((r["cov_max"] for r in rows if r["tokens"]), key=_nan_first)
+    k = max(int(L.top_fraction * N), 1)  # the top 0.02% of the step's tokens, at least one
+    top = top_cov[:k]
+    stats["cov_top_concentration"] = _ratio(math.fsum(top) / len(top), stats["cov_mean"])
+    stats["response_length"] = N / max(sum(r["rows"] for r in rows), 1.0)
+    if any(r["ent_tokens"] for r in rows):
+        ent_tokens = sum(r["ent_tokens"] for r in rows)
+        stats["entropy"] = sum(r["ent_sum"] for r in rows) / ent_tokens
+    if any(r["loss_tokens"] for r in rows):
+        stats["policy_loss"] = weighted("loss", "loss_tokens")
+    stats["abs_log_ratio_mean"] = weighted("abs_lr_mean", "stat_tokens")
+    user: dict[str, float] = {}
+    if L.loss_mode is not None:
+        stats["ppo_clip_frac"] = weighted("clip_frac", "stat_tokens")
         if L.loss_mode == "clip_cov":
-            stats["candidates"] = int(out["candidates"])
-            stats["detached"] = int(out["detached"])
+            stats["candidates"] = int(sum(r["candidates"] for r in rows))
+            stats["detached"] = int(sum(r["detached"] for r in rows))
         if L.loss_mode == "kl_cov":
-            stats["penalised"] = int(out["penalised"])
-            if out["penalised"] > 0:
-                stats["penalised_abs_log_ratio_mean"] = out["penalised_abs_log_ratio_mean"]
-    return stats
+            penalised = sum(r["penalised"] for r in rows)
+            stats["penalised"] = int(penalised)
+            if penalised:
+                stats["penalised_abs_log_ratio_mean"] = weighted("pen_abs_lr_mean", "penalised")
+        if L.loss_mode in ("clip_cov", "kl_cov"):
+            budget = sum(r["budget"] for r in rows)
+            user["selection_effective_ratio"] = budget / sum(r["stat_tokens"] for r in rows)
+    return stats, user
 
 
-def _user(out: dict[str, float], L: _Layout) -> dict[str, float]:
-    if L.loss_mode in ("clip_cov", "kl_cov") and out["stat_tokens"] > 0:
-        return {"selection_effective_ratio": out["budget"] / out["stat_tokens"]}
-    return {}
+def _nan_first(x: float) -> float:
+    return math.inf if math.isnan(x) else x  # max() must not skip a NaN: the run diverged
 
 
-def _top_tokens(flat: list[float], tokenizer: Tokenizer | None) -> list[dict[str, Any]]:
+def _ratio(a: float, b: float) -> float:
+    if b == 0:
+        return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a)
+    return a / b
+
+
+def _top_tokens(rows: list[list[float]], tokenizer: Tokenizer | None) -> list[dict[str, Any]]:
     tokens = []
-    for i in range(0, len(flat), len(_TOP)):
-        cov, logp, adv, ent, token_id, position = flat[i : i + len(_TOP)]
+    for cov, logp, adv, ent, token_id, position in rows:
         if not math.isfinite(cov) or cov <= _LOWEST:  # masked padding, or non-finite
             continue
         token: dict[str, Any] = {"cov": cov, "logp": logp, "advantage": adv}

@@ -11,6 +11,7 @@ from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from monitor.metrics import REPORTS_REJECTED
@@ -39,13 +40,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "NO TOKENS CONFIGURED: open access, anyone who reaches this port may write reports "
                 "and change controls. Set ENTMON_INGEST_TOKENS / ENTMON_ADMIN_TOKENS."
             )
-        redis = Redis.from_url(
-            url,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-            health_check_interval=30,
-            decode_responses=True,
-        )
+        t = settings.redis_timeout_s
+        redis: Redis | RedisCluster
+        if settings.redis_cluster:  # slots are discovered from this node; keys route by slot
+            redis = RedisCluster.from_url(
+                url, socket_timeout=t, socket_connect_timeout=t, decode_responses=True
+            )
+        else:
+            redis = Redis.from_url(
+                url,
+                socket_timeout=t,
+                socket_connect_timeout=t,
+                health_check_interval=30,
+                decode_responses=True,
+            )
         app.state.settings = settings
         app.state.store = Store(redis, retention_steps=settings.retention_steps)
         try:

@@ -48,6 +48,11 @@ REPORTS_REJECTED = Counter(
     ["reason"],
     registry=SERVICE_REGISTRY,
 )
+# Known label values exist from the start at 0, so the first rejection is an increase rate() sees.
+for _reason in ("invalid", "body_too_large"):
+    REPORTS_REJECTED.labels(_reason)
+for _outcome in ("accepted", "duplicate"):
+    REPORTS_INGESTED.labels(_outcome)
 
 # Latest-step gauges: (metric name, stat name, help).
 STEP_GAUGES = (
@@ -59,6 +64,8 @@ STEP_GAUGES = (
     ("covariance_top_concentration", "cov_top_concentration",
      "Mean covariance of the top 0.02% tokens over the overall mean, latest step"),
     ("abs_log_ratio_mean", "abs_log_ratio_mean", "Mean |logp - old_logp|, latest step"),
+    ("penalised_abs_log_ratio_mean", "penalised_abs_log_ratio_mean",
+     "Mean |logp - old_logp| over the KL-Cov penalised tokens, latest step"),
     ("ppo_clip_fraction", "ppo_clip_frac", "PPO clip fraction, latest step"),
     ("response_length", "response_length", "Mean response length in tokens, latest step"),
 )  # fmt: skip

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         None, description="Redis to use; unset starts the embedded redis-server under data_dir"
     )
+    redis_cluster: bool = Field(
+        False, description="ENTMON_REDIS_URL names one node of a Redis Cluster (any node will do)"
+    )
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="embedded Redis append-only files")
     ingest_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated tokens that may write reports and read"
@@ -43,6 +46,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_url(self) -> Settings:
+        if self.redis_cluster and self.redis_url is None:
+            raise ValueError("ENTMON_REDIS_CLUSTER needs ENTMON_REDIS_URL (a node of the cluster)")
+        return self
 
     @model_validator(mode="after")
     def _no_placeholders_in_production(self) -> Settings:

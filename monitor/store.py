@@ -11,6 +11,7 @@ from importlib.resources import files
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 
 from monitor.merge import merge_counts, merge_stats, merge_user
 from monitor.schemas import AuditEntry, Control, StepPoint, StepReport
@@ -71,7 +72,7 @@ def _details_doc(report: StepReport) -> str:
 
 
 class Store:
-    def __init__(self, redis: Redis, *, retention_steps: int) -> None:
+    def __init__(self, redis: Redis | RedisCluster, *, retention_steps: int) -> None:
         self.redis = redis
         self.retention_steps = retention_steps
         self._ingest = redis.register_script(INGEST_SCRIPT)
@@ -88,8 +89,12 @@ class Store:
             s = r.stats
             args += [_field(r.step, r.rank), r.step, _scalars_doc(r), _details_doc(r)]
             args += [s.tokens or 0, s.detached or 0, s.penalised or 0, s.client_drops or 0]
+        keys = [k.index, k.scalars, k.details, k.meta]
         async with self.redis.pipeline(transaction=False) as pipe:
-            await self._ingest(keys=[k.index, k.scalars, k.details, k.meta], args=args, client=pipe)
+            if isinstance(pipe, ClusterPipeline):  # redis-py refuses EVALSHA there; EVAL routes
+                pipe.eval(INGEST_SCRIPT, len(keys), *keys, *args)
+            else:
+                await self._ingest(keys=keys, args=args, client=pipe)
             pipe.zadd(RUNS_KEY, {run: now})
             pipe.get(k.control)
             flags, _, control = await pipe.execute()

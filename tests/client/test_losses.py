@@ -223,3 +223,18 @@ def test_explicit_knobs_are_validated() -> None:
         kl_cov_loss(lp, old, adv[:, :3], mask)
     with pytest.raises(ValueError, match="scope"):
         kl_cov_loss(lp, old, adv, mask, scope="rank")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "clip_cov", "kl_cov"])
+def test_bfloat16_inputs(mode: str) -> None:
+    lp, old, adv, mask = make(16)
+    c = Control(loss_mode=mode, clip_cov_lb=0.1)
+    want, _ = policy_loss(lp, old, adv, mask, c, generator=torch.Generator().manual_seed(0))
+    lp16 = lp.detach().bfloat16().requires_grad_()
+    got, s = policy_loss(
+        lp16, old.bfloat16(), adv.bfloat16(), mask, c, generator=torch.Generator().manual_seed(0)
+    )
+    assert got.dtype == torch.bfloat16 and torch.isfinite(got)
+    torch.testing.assert_close(got.float(), want.detach(), rtol=0.05, atol=0.02)
+    assert grad_of(got, lp16).dtype == torch.bfloat16
+    assert int(s.tokens) == int(mask.sum())

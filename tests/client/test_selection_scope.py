@@ -45,6 +45,7 @@ def test_one_or_four_micro_batches_select_the_same_tokens(mode: str) -> None:
         weighted += loss.detach() * s.tokens
     assert torch.equal(torch.cat(picked_parts), sel.picked)
     assert counted == int(whole_stats.detached) + int(whole_stats.penalised)
+    assert sum(int(sel.rows(r).budget) for r in torch.arange(B).split(B // 4)) == counted
     # Token-mean micro-batch losses weighted by tokens recover the whole-batch loss.
     torch.testing.assert_close(weighted / whole_stats.tokens, whole.detach())
 

@@ -13,7 +13,7 @@ from client.losses import policy_loss
 from client.report import REPORT_STATS
 from client.stats import StepAccumulator
 from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT
-from monitor.schemas import StepHistograms, StepStats, TopToken
+from monitor.schemas import StepReport
 
 
 def make(seed: int, B: int = 8, T: int = 100) -> dict[str, torch.Tensor]:
@@ -214,9 +214,14 @@ def test_pack_resets_and_output_fits_the_wire_schema() -> None:
     loss, s = policy_loss(lp, old, adv, mask, control)
     add(acc, b, loss=loss, loss_stats=s)
     out = acc.pack().unpack()
-    StepStats(**out["stats"])
-    StepHistograms(**out["histograms"])
-    for t in out["top_tokens"]:
-        TopToken(**t)
+    report = StepReport(
+        step=0,
+        stats=out["stats"],
+        histograms=out["histograms"],
+        top_tokens=out["top_tokens"],
+        user=out["user"],
+    )
+    assert report.histograms.entropy is not None and report.histograms.covariance is not None
+    assert len(report.top_tokens) == 16
     assert out["user"]["selection_effective_ratio"] == pytest.approx(int(s.budget) / int(s.tokens))
     assert acc.pack().unpack()["stats"] == {}
