@@ -17,7 +17,10 @@ from client.losses import (
     vanilla_ppo_loss,
 )
 from client.monitor import Monitor
+from client.replay import ReplayResult, replay_file
+from client.reporter import ReporterConfig
 from client.selection import Selection
+from client.spool import SpoolError
 from client.stats import PackedStep, StepAccumulator
 
 __all__ = [
@@ -29,8 +32,11 @@ __all__ = [
     "LossStats",
     "Monitor",
     "PackedStep",
+    "ReplayResult",
+    "ReporterConfig",
     "Scope",
     "Selection",
+    "SpoolError",
     "StepAccumulator",
     "bucket_counts",
     "bucket_indices",
@@ -40,6 +46,7 @@ __all__ = [
     "kl_cov_loss",
     "masked_batch",
     "policy_loss",
+    "replay_file",
     "select_tokens",
     "token_covariance",
     "token_entropy",

@@ -1,37 +1,65 @@
-"""`Monitor`: the one object a training loop holds."""
+"""`Monitor`: the one object a training loop holds.
+
+    mon = Monitor(run="qwen7b-klcov", url="http://127.0.0.1:8000")
+    loss, info = mon.policy_loss(log_prob, old_log_prob, advantages, response_mask, entropy=h)
+    mon.log(step, reward=r)  # closes the step: never blocks, never raises
+    mon.close(timeout=5)
+
+`policy_loss` computes the loss with the control of the current step and accumulates the step's
+statistics over micro-batches on the device. `log` hands them to the reporter thread (which packs
+and reads them: no host sync here), enqueues the report and then, at this step boundary and only
+here, switches to a newer control if the monitor sent one. Each report names the control version
+its step used.
+"""
 
 from __future__ import annotations
 
 import atexit
 import logging
 import os
+import re
+import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from client.report import build_report
-from client.reporter import Reporter
+import torch
 
-log = logging.getLogger("client")
+from client.connection import MonitorConnection
+from client.control import Control
+from client.control_sync import ControlSync
+from client.handoff import FinishedStep
+from client.log_once import LogOnce
+from client.losses import policy_loss
+from client.report import build_report
+from client.reporter import Reporter, ReporterConfig
+from client.spool import Spool, default_spool_dir, spool_path
+from client.stats import StepAccumulator
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_CLOSE_TIMEOUT_S = 5.0
+RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"  # the service's (monitor.schemas), checked by a test
+URL_ENV = "ENTMON_URL"
+TOKEN_ENV = "ENTMON_TOKEN"
 
 
 def _dist_rank_and_size() -> tuple[int, int]:
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return 0, 1
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 class Monitor:
-    """Streams step statistics of one run to an entmon service.
+    """Streams the step statistics of one run (this rank's share) to an entmon service.
 
-    `log` only enqueues and never raises; reports go out on a background thread.
-    Rank and world size default to torch.distributed's when it is initialised.
+    Rank and world size default to torch.distributed's when it is initialised; the control is
+    then synchronised across ranks (rank 0 decides), which makes creating the Monitor and each
+    `log` call collective: do them on every rank, or pass `sync_control=False`.
+
+    Reports the monitor cannot take now wait in `spool_dir` (default `$ENTMON_SPOOL_DIR` or
+    ~/.entmon/spool), one file per run and rank, and are sent in order when it is back.
     """
 
     def __init__(
@@ -42,53 +70,132 @@ class Monitor:
         *,
         rank: int | None = None,
         world_size: int | None = None,
-        **reporter_options: Any,
+        spool_dir: str | os.PathLike[str] | None = None,
+        sync_control: bool = True,
+        tokenizer: Any = None,
+        config: ReporterConfig | None = None,
     ) -> None:
+        if not re.fullmatch(RUN_ID_PATTERN, run):
+            raise ValueError(
+                f"run {run!r}: use 1 to 128 letters, digits, '.', '_' or '-' (the service's run id)"
+            )
         dist_rank, dist_size = _dist_rank_and_size()
         self.run = run
         self.rank = dist_rank if rank is None else rank
         self.world_size = dist_size if world_size is None else world_size
-        self.control: dict[str, Any] | None = None
-        self.control_version: int | None = None
+        self.config = config or ReporterConfig()
+        self._log_once = LogOnce(enabled=self.rank == 0)
+        connection = MonitorConnection(  # a bad URL raises here, before any collective
+            url or os.environ.get(URL_ENV) or DEFAULT_URL,
+            token if token is not None else os.environ.get(TOKEN_ENV),
+            connect_timeout_s=self.config.connect_timeout_s,
+            request_timeout_s=self.config.request_timeout_s,
+        )
+        distributed = sync_control and dist_size > 1
+        self._sync = ControlSync(distributed=distributed, log_once=self._log_once)
+        self.control: Control = self._sync.current
+        self._accumulator: StepAccumulator | None = None  # the step's, from its first loss
+        self._device = torch.device("cpu")
         self._closed = False
+        spool = None
+        if self.config.spool:
+            directory = Path(spool_dir) if spool_dir is not None else default_spool_dir()
+            spool = Spool(
+                spool_path(directory, run, self.rank),
+                run=run,
+                rank=self.rank,
+                max_bytes=self.config.spool_max_bytes,
+            )
         self._reporter = Reporter(
-            url=url or os.environ.get("ENTMON_URL", DEFAULT_URL),
+            connection=connection,
             run=run,
-            token=token if token is not None else os.environ.get("ENTMON_TOKEN"),
-            on_response=self._on_response,
-            verbose=self.rank == 0,
-            **reporter_options,
+            spool=spool,
+            config=self.config,
+            on_control=self._sync.offer if self._sync.decides else None,
+            tokenizer=tokenizer,
+            log_once=self._log_once,
         )
         atexit.register(self.close)
 
+    def policy_loss(
+        self,
+        log_prob: torch.Tensor,
+        old_log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        response_mask: torch.Tensor,
+        entropy: torch.Tensor | None = None,
+        token_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The policy loss of one micro-batch under this step's control, and its statistics as
+        device tensors (no host sync). The step's statistics accumulate until `log`."""
+        loss, stats = policy_loss(log_prob, old_log_prob, advantages, response_mask, self.control)
+        try:
+            if self._accumulator is None:
+                self._accumulator = StepAccumulator()
+                self._device = log_prob.device
+            self._accumulator.add(
+                log_prob,
+                old_log_prob,
+                advantages,
+                response_mask,
+                entropy=entropy,
+                loss=loss,
+                loss_stats=stats,
+                token_ids=token_ids,
+            )
+        except Exception as e:  # statistics are never worth a crashed step
+            self._accumulator = None
+            self._log_once("accumulate", f"step statistics skipped: {e!r}", logging.ERROR)
+        return loss, {k: v for k, v in stats._asdict().items() if isinstance(v, torch.Tensor)}
+
     def log(self, step: int, **scalars: Any) -> None:
-        """Record the scalars of one step (floats, ints or 0-d tensors). Never blocks or raises."""
+        """Close step `step`: report its statistics and these scalars (floats, ints or 0-d
+        tensors; names outside the report schema go to `user`). Never blocks or raises."""
         if self._closed:
             return
+        if self._reporter.forked:
+            self._log_once(
+                "forked",
+                f"this Monitor was inherited by the forked process {os.getpid()} and reports "
+                "nothing from it: create a Monitor in the child if it should report",
+            )
+            return
         try:
-            report = build_report(step, self.rank, self.world_size, self.control_version, scalars)
+            finished = None
+            if self._accumulator is not None:  # packed on the reporter thread
+                finished = FinishedStep(self._accumulator, self._device)
+                self._accumulator = None
+            report = build_report(
+                step, self.rank, self.world_size, self.control.version, scalars, finished
+            )
             self._reporter.submit(report)
         except Exception as e:  # the training loop is sacred
-            if self.rank == 0:
-                log.warning("entmon: log(step=%r) ignored: %r", step, e)
+            self._log_once("log", f"log(step={step!r}) not reported: {e!r}", logging.ERROR)
+        try:
+            self.control = self._sync.at_step_boundary(step)
+        except Exception as e:
+            self._log_once("control_sync", f"control not updated: {e!r}", logging.ERROR)
 
     @property
     def dropped(self) -> int:
-        return self._reporter.dropped
+        """Reports lost for good so far (they are also reported as `client_drops`)."""
+        return self._reporter.dropped_total
 
     def close(self, timeout: float = DEFAULT_CLOSE_TIMEOUT_S) -> None:
-        """Flush what is queued for at most `timeout` seconds and stop the reporter thread."""
+        """Send what is queued for at most `timeout` seconds (what is left goes to the spool) and
+        stop the reporter thread. Also runs at interpreter exit."""
         if self._closed:
             return
         self._closed = True
         atexit.unregister(self.close)
-        self._reporter.close(timeout)
-
-    def _on_response(self, body: dict[str, Any]) -> None:
-        control = body.get("control")
-        if isinstance(control, dict):
-            self.control = control
-            self.control_version = int(control.get("version", 0))
+        if self._reporter.forked:  # the parent's broadcasts and reports are not ours to finish
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            self._sync.close(timeout)
+        except Exception as e:
+            self._log_once("control_sync", f"control sync not closed cleanly: {e!r}")
+        self._reporter.close(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> Monitor:
         return self

@@ -1,18 +1,20 @@
-"""Building step reports on the training thread: cheap, no I/O, no host-device sync.
+"""Step reports: built on the training thread (cheap: no I/O, no host-device sync), finished and
+encoded on the reporter thread.
 
-Tensor values are kept as tensors (detached) and turned into numbers on the reporter thread, so
-`Monitor.log` never waits for the device.
+Tensor values stay tensors (detached) and the step's packed statistics stay packed until the
+reporter thread turns them into numbers, so `Monitor.log` never waits for the device.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
-# Statistic names the service's StepStats schema knows (tests/test_contract.py keeps them equal);
-# any other scalar given to Monitor.log goes to the report's free-form `user` section.
+# Statistic names the service's StepStats schema knows (tests/client/test_report.py keeps them
+# equal); any other scalar given to Monitor.log goes to the report's free-form `user` section.
 REPORT_STATS = (
     "entropy", "logp_mean", "adv_mean", "adv_std", "cov_mean", "cov_std", "cov_max",
     "cov_top_concentration", "tokens", "candidates", "detached", "penalised",
@@ -20,32 +22,98 @@ REPORT_STATS = (
     "reward", "response_length", "client_drops",
 )  # fmt: skip
 INTEGER_STATS = frozenset({"tokens", "candidates", "detached", "penalised", "client_drops"})
+_STAT_NAMES = frozenset(REPORT_STATS)
+_PLAIN = frozenset({float, int})  # nothing to detach
+
+
+class PackedStats(Protocol):
+    """A step's statistics still on the device (client.stats.StepAccumulator.pack())."""
+
+    def unpack(self, tokenizer: Any = None) -> dict[str, Any]: ...
 
 
 def build_report(
-    step: int, rank: int, world_size: int, control_version: int | None, scalars: Mapping[str, Any]
+    step: int,
+    rank: int,
+    world_size: int,
+    control_version: int | None,
+    scalars: Mapping[str, Any],
+    packed: PackedStats | None = None,
 ) -> dict[str, Any]:
-    """A report whose values may still be tensors; `finalize` makes it JSON-ready."""
-    stats = {k: _detach(v) for k, v in scalars.items() if k in REPORT_STATS}
-    user = {k: _detach(v) for k, v in scalars.items() if k not in REPORT_STATS}
-    return {
+    """A report whose values may still be tensors; `finalize` makes it JSON-ready. Runs on the
+    training thread: it only detaches tensors (so no autograd graph is kept alive)."""
+    report: dict[str, Any] = {
         "step": int(step),
         "rank": rank,
         "world_size": world_size,
         "time": time.time(),
         "control_version": control_version,
-        "stats": stats,
-        "user": user,
+        "scalars": {k: v if type(v) in _PLAIN else _detach(v) for k, v in scalars.items()},
     }
-
-
-def finalize(report: dict[str, Any]) -> dict[str, Any]:
-    """Numbers only (runs on the reporter thread: tensor -> float may wait for the device)."""
-    report["stats"] = {
-        k: _number(v, integer=k in INTEGER_STATS) for k, v in report["stats"].items()
-    }
-    report["user"] = {k: _number(v, integer=False) for k, v in report["user"].items()}
+    if packed is not None:
+        report["packed"] = packed
     return report
+
+
+def finalize(
+    report: dict[str, Any],
+    *,
+    client_drops: int = 0,
+    tokenizer: Any = None,
+    problems: list[str] | None = None,
+) -> dict[str, Any]:
+    """Numbers only, non-finite values as strings (runs on the reporter thread: reading a
+    tensor may wait for the device). Scalars given to `log` win over computed ones; names that
+    are not report statistics go to `user`. A value that is not a number is left out and named
+    in `problems`: one bad scalar does not cost the step its report."""
+    out = {k: v for k, v in report.items() if k not in ("packed", "scalars")}
+    stats: dict[str, Any] = {}
+    user: dict[str, Any] = {}
+    packed = report.get("packed")
+    if packed is not None:
+        computed = packed.unpack(tokenizer)
+        stats.update(computed.get("stats", {}))
+        user.update(computed.get("user", {}))
+        if computed.get("histograms"):
+            out["histograms"] = computed["histograms"]
+        if computed.get("top_tokens"):
+            out["top_tokens"] = computed["top_tokens"]
+    for name, value in report["scalars"].items():  # given to log(): they win
+        (stats if name in _STAT_NAMES else user)[name] = value
+    if client_drops:
+        stats["client_drops"] = client_drops
+    out["stats"] = _numbers(stats, problems, integer=INTEGER_STATS)
+    out["user"] = _numbers(user, problems)
+    for key in ("histograms", "top_tokens"):
+        if key in out:
+            out[key] = _json_safe(out[key])
+    return out
+
+
+def encode(report: dict[str, Any]) -> bytes:
+    """One line of compact JSON (json escapes newlines inside strings)."""
+    return json.dumps(report, separators=(",", ":"), allow_nan=False).encode()
+
+
+def step_of(line: bytes) -> tuple[int, int]:
+    """(rank, step) of an encoded report, for logs and tests."""
+    doc = json.loads(line)
+    return int(doc.get("rank", 0)), int(doc["step"])
+
+
+def _numbers(
+    values: dict[str, Any], problems: list[str] | None, integer: frozenset[str] = frozenset()
+) -> dict[str, float | int | str]:
+    out: dict[str, float | int | str] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        try:
+            out[name] = _number(value, integer=name in integer)
+        except (TypeError, ValueError, RuntimeError) as e:  # a string, a tensor of many values
+            if problems is not None:
+                problems.append(f"{name}={value!r:.60}: not a number ({type(e).__name__})")
+    return out
 
 
 def _detach(value: Any) -> Any:
@@ -57,8 +125,22 @@ def _number(value: Any, *, integer: bool) -> float | int | str:
     x = float(value)  # a 0-d tensor, numpy scalar or Python number
     if integer and math.isfinite(x):
         return int(x)
+    return _finite_or_string(x)
+
+
+def _finite_or_string(x: float) -> float | str:
     if math.isnan(x):
         return "NaN"  # strict JSON has no NaN; the service parses these strings back
     if math.isinf(x):
         return "Infinity" if x > 0 else "-Infinity"
     return x
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return _finite_or_string(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value

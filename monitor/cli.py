@@ -91,8 +91,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    print("entmon replay: not yet implemented (arrives with the client transport)", file=sys.stderr)
-    return 2
+    try:
+        from client.replay import replay_file
+        from client.spool import SpoolError
+    except ImportError as e:
+        print(
+            f'entmon replay needs the client: pip install "entmon[client]" ({e})', file=sys.stderr
+        )
+        return 2
+    url = args.url or os.environ.get("ENTMON_URL") or f"http://127.0.0.1:{DEFAULT_PORT}"
+    token = args.token or os.environ.get("ENTMON_TOKEN")
+    try:
+        result = replay_file(args.file, url=url, token=token)
+    except SpoolError as e:
+        print(f"entmon replay: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"run {result.run}: {result.accepted} reports stored, {result.duplicates} already there, "
+        f"{result.rejected} rejected"
+    )
+    if result.rejected:
+        print(f"  first rejection: {result.first_rejection}", file=sys.stderr)
+    if not result.complete:
+        print(
+            f"entmon replay: stopped, {result.left} bytes left in {args.file} ({result.failure}); "
+            "run it again when the monitor is back",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{args.file} fully replayed and removed")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT)
     demo.set_defaults(func=cmd_demo)
 
-    replay = sub.add_parser("replay", help="upload a client spool file")
+    replay = sub.add_parser("replay", help="upload a client spool file (deleted once stored)")
     replay.add_argument("file", type=Path)
+    replay.add_argument("--url", help="monitor URL (default: $ENTMON_URL or 127.0.0.1:8000)")
+    replay.add_argument("--token", help="ingest token (default: $ENTMON_TOKEN)")
     replay.set_defaults(func=cmd_replay)
     return parser
 

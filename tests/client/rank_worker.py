@@ -1,0 +1,43 @@
+"""One rank of a two-process gloo run (launched by tests/test_transport.py).
+
+Usage: python -m tests.client.rank_worker RANK WORLD INIT_FILE URL RUN STEPS OUT_JSON
+Logs STEPS steps with a real all-reduce in each, like a data-parallel trainer, and writes the
+control version each step used to OUT_JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from client import Monitor, ReporterConfig
+
+STEP_S = 0.02
+
+
+def main(argv: list[str]) -> None:
+    rank, world, init_file, url, run, steps, out = argv
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=int(rank), world_size=int(world)
+    )
+    mon = Monitor(run=run, url=url, config=ReporterConfig(poll_interval_s=0.2))
+    used = []
+    for step in range(int(steps)):
+        grad = torch.ones(4)
+        dist.all_reduce(grad)  # the training's own collective keeps ranks in step
+        used.append(mon.control.version)
+        mon.log(step, entropy=1.0, reward=0.1 * int(rank))
+        time.sleep(STEP_S)
+    mon.close(10)
+    dist.destroy_process_group()
+    with open(out, "w") as f:
+        json.dump({"rank": mon.rank, "world_size": mon.world_size, "used": used}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,81 @@
+"""`Monitor.policy_loss` + `log`: a step's micro-batches become one report, with histograms and
+top tokens, on a real server; the loss uses the step's control; nothing is read on the host."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import pytest
+import torch
+
+import monitor.schemas
+from client import Monitor
+from client.losses import policy_loss
+from client.monitor import RUN_ID_PATTERN
+from tests.client.conftest import FAST, Decoder, micro_batch, stored_steps
+from tests.conftest import ServerProcess
+
+
+def test_the_micro_batches_of_a_step_become_one_report_with_histograms_and_top_tokens(
+    shared_server: ServerProcess,
+) -> None:
+    url = shared_server.url
+    batches = [micro_batch(0), micro_batch(1)]
+    with Monitor(run="mb", url=url, config=FAST, tokenizer=Decoder()) as mon:
+        for mb in batches:
+            loss, info = mon.policy_loss(**mb)
+            assert loss.dim() == 0
+            assert all(isinstance(v, torch.Tensor) for v in info.values())
+        mon.log(0, reward=0.25, lr=1e-6)
+    (step,) = stored_steps(url, "mb")
+    mask = torch.cat([mb["response_mask"] for mb in batches])  # 2B, T
+    entropy = torch.cat([mb["entropy"] for mb in batches])
+    assert step["stats"]["tokens"] == int(mask.sum())
+    assert step["stats"]["entropy"] == pytest.approx(float((entropy * mask).sum() / mask.sum()))
+    assert step["stats"]["reward"] == 0.25 and step["user"]["lr"] == 1e-6
+    hist = httpx.get(f"{url}/v1/runs/mb/histograms", params={"name": "entropy"}).json()
+    assert sum(hist["steps"][0]["counts"]) == int(mask.sum())
+    top = httpx.get(f"{url}/v1/runs/mb/top_tokens").json()["tokens"]
+    assert top and all(t["text"] == f"<{t['token_id']}>" for t in top)
+    covs = [t["cov"] for t in top]
+    assert covs == sorted(covs, reverse=True)
+
+
+def test_the_loss_is_the_one_the_current_control_names() -> None:
+    mb = micro_batch(2)
+    inputs = {k: v for k, v in mb.items() if k not in ("entropy", "token_ids")}
+    with Monitor(run="offline", url="http://127.0.0.1:9", config=FAST) as mon:
+        loss, info = mon.policy_loss(**inputs)
+        expected, _ = policy_loss(**inputs, control=mon.control)
+    assert torch.equal(loss, expected)
+    assert info["penalised"].item() == 0 and mon.control.loss_mode == "vanilla"
+
+
+def test_a_step_without_policy_loss_reports_only_its_scalars(shared_server: ServerProcess) -> None:
+    with Monitor(run="scalars", url=shared_server.url, config=FAST) as mon:
+        mon.policy_loss(**micro_batch(3))
+        mon.log(0, reward=1.0)
+        mon.log(1, entropy=0.5, reward=2.0)  # no micro-batch this step: nothing carried over
+    first, second = stored_steps(shared_server.url, "scalars")
+    assert "tokens" in first["stats"]
+    assert second["stats"] == {"entropy": 0.5, "reward": 2.0}
+
+
+def test_a_scalar_that_is_not_a_number_is_left_out_with_an_error_the_step_stays(
+    shared_server: ServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="client"):
+        mon = Monitor(run="bad-scalar", url=shared_server.url, config=FAST)
+        mon.log(0, entropy=1.0, note="diverged?", vector=torch.ones(3), lr=1e-3)
+        mon.close()
+    (step,) = stored_steps(shared_server.url, "bad-scalar")
+    assert step["stats"] == {"entropy": 1.0} and step["user"] == {"lr": 1e-3}
+    (record,) = caplog.records
+    assert "note=" in record.getMessage() and "vector=" in record.getMessage()
+
+
+def test_a_run_name_the_service_would_refuse_is_refused_at_once() -> None:
+    assert RUN_ID_PATTERN == monitor.schemas.RUN_ID_PATTERN
+    with pytest.raises(ValueError, match="letters, digits"):
+        Monitor(run="my run/1", url="http://127.0.0.1:9")

@@ -1,0 +1,201 @@
+"""The client transport end to end, with real `entmon serve` processes and real Redis: a monitor
+that is down, killed, or silent never costs the training loop its time or its reports, and a
+control change reaches every rank at the same step."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from client import Monitor
+from client.monitor import DEFAULT_CLOSE_TIMEOUT_S
+from client.spool import Spool, spool_path
+from monitor.embedded_redis import free_port
+from tests.client.conftest import FAST, SilentServer, micro_batch, stored_reports, stored_steps
+from tests.conftest import ServerProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+SCALARS = {f"s{i}": 0.001 * i for i in range(30)}
+
+
+def reporter_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "entmon-reporter" and t.is_alive()]
+
+
+def spooled_steps(path: Path) -> list[int]:
+    spool = Spool(path)
+    spool.open(create=False)
+    try:
+        lines, _ = spool.read(max_reports=1 << 30, max_bytes=1 << 30)
+    finally:
+        spool.close()
+    return [json.loads(line)["step"] for line in lines]
+
+
+def test_monitor_down_for_the_first_300_steps_then_up_every_step_arrives_once_in_order(
+    redis_url: str, tmp_path: Path, acknowledged: list[tuple[int, int]]
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    ranks = [Monitor(run="late", url=url, rank=r, world_size=2, config=FAST) for r in (0, 1)]
+    server = ServerProcess({"ENTMON_REDIS_URL": redis_url, "ENTMON_DATA_DIR": str(tmp_path)}, port)
+    try:
+        for step in range(600):
+            if step == 300:
+                server.start()
+            for mon in ranks:
+                mon.log(step, entropy=1.0, **SCALARS)
+            time.sleep(0.001)
+        for mon in ranks:
+            mon.close(30)
+        for rank in (0, 1):
+            assert [s for r, s in acknowledged if r == rank] == list(range(600))
+        assert stored_reports(url, "late") == 1200
+        assert all(mon.dropped == 0 for mon in ranks)
+    finally:
+        server.stop()
+
+
+def test_monitor_killed_and_restarted_mid_run_stores_every_logged_step(
+    server: ServerProcess, acknowledged: list[tuple[int, int]]
+) -> None:
+    restarted = ServerProcess(server.env, server.port)
+    try:
+        with Monitor(run="crash", url=server.url, config=FAST) as mon:
+            for step in range(1000):
+                if step == 300:
+                    assert server.process is not None
+                    server.process.kill()  # SIGKILL: requests in flight die with it
+                    server.process.wait()
+                if step == 600:
+                    restarted.start()
+                mon.log(step, entropy=1.0, **SCALARS)
+                time.sleep(0.002)
+        assert stored_reports(server.url, "crash") == 1000
+        assert [s for _, s in acknowledged] == list(range(1000))
+    finally:
+        if restarted.process is not None:
+            restarted.stop()
+
+
+def test_a_monitor_that_never_answers_costs_log_nothing_and_close_returns_in_time(
+    silent_server: SilentServer, spool_dir: Path
+) -> None:
+    mon = Monitor(run="silent", url=silent_server.url)  # default timeouts (10 s per request)
+    latencies = []
+    for step in range(2000):
+        started = time.perf_counter()
+        mon.log(step, entropy=1.0, reward=0.5, **SCALARS)
+        latencies.append(time.perf_counter() - started)
+    started = time.monotonic()
+    mon.close(2)
+    closed_in = time.monotonic() - started
+    assert closed_in < 3.0
+    assert not reporter_threads()
+    # Loose sanity bound only (the suite has no timed assertions): bench/ measures the figure.
+    assert statistics.quantiles(latencies, n=100)[98] < 0.05
+    assert spooled_steps(spool_path(spool_dir, "silent", 0)) == list(range(2000))  # none lost
+
+
+def test_interpreter_exit_closes_in_time_with_a_silent_monitor(
+    silent_server: SilentServer, spool_dir: Path
+) -> None:
+    script = f"""
+import atexit, threading, time
+ended = []
+@atexit.register  # registered first, so it runs last: after the Monitor's own exit handler
+def report():
+    alive = [t for t in threading.enumerate() if t.name == "entmon-reporter" and t.is_alive()]
+    print(f"exit_close_s={{time.monotonic() - ended[0]:.3f}} reporter_alive={{len(alive)}}")
+from client import Monitor
+mon = Monitor(run="exit", url={silent_server.url!r})
+for step in range(100):
+    mon.log(step, entropy=1.0)
+ended.append(time.monotonic())  # no close(): the interpreter's exit must do it
+"""
+    env = os.environ | {"ENTMON_SPOOL_DIR": str(spool_dir)}
+    command = [sys.executable, "-c", script]
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    fields = dict(item.split("=") for item in result.stdout.split())
+    assert float(fields["exit_close_s"]) < DEFAULT_CLOSE_TIMEOUT_S + 1.0
+    assert fields["reporter_alive"] == "0"
+    assert spooled_steps(spool_path(spool_dir, "exit", 0)) == list(range(100))
+
+
+def put_control(url: str, run: str, version: int, **knobs: object) -> None:
+    r = httpx.put(
+        f"{url}/v1/runs/{run}/control",
+        json={**knobs, "reason": "test"},
+        headers={"If-Match": f'"{version}"'},
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_a_control_change_applies_at_a_step_boundary_and_reports_say_which_version(
+    server: ServerProcess,
+) -> None:
+    used: list[int] = []
+    with Monitor(run="ctl", url=server.url, config=FAST) as mon:
+        for step in range(500):
+            used.append(mon.control.version)
+            mon.policy_loss(**micro_batch(step))
+            mon.log(step)
+            if step == 10:
+                put_control(server.url, "ctl", 0, loss_mode="kl_cov", kl_cov_ratio=0.01)
+            if used.count(1) >= 5:
+                break
+            time.sleep(0.01)
+    assert mon.control.loss_mode == "kl_cov" and mon.control.kl_cov_ratio == 0.01
+    switch = used.index(1)  # the first step that ran with version 1
+    assert switch > 11  # the change came after step 10's boundary
+    assert used == [0] * switch + [1] * (len(used) - switch)
+    stored = stored_steps(server.url, "ctl")
+    assert [s["control_version"] for s in stored] == used  # each report names its version
+    # and the loss followed it: KL-Cov penalises tokens from the switch on, never before
+    assert [s["stats"].get("penalised", 0) > 0 for s in stored] == [v == 1 for v in used]
+
+
+def test_two_gloo_ranks_apply_a_control_change_at_the_same_step(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    steps = 150
+    outs = [tmp_path / f"rank{r}.json" for r in (0, 1)]
+    env = os.environ | {"ENTMON_SPOOL_DIR": str(tmp_path / "spool")}
+    worker = [sys.executable, "-m", "tests.client.rank_worker"]
+    args = [str(tmp_path / "init"), server.url, "ddp", str(steps)]
+    procs = [
+        subprocess.Popen([*worker, str(r), "2", *args, str(outs[r])], cwd=ROOT, env=env)
+        for r in (0, 1)
+    ]
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            r = httpx.get(f"{server.url}/v1/runs/ddp")
+            if r.status_code == 200 and (r.json()["last_step"] or 0) >= 20:
+                break
+            time.sleep(0.1)
+        put_control(server.url, "ddp", 0, loss_mode="clip_cov")
+        codes = [p.wait(120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0]
+    used = [json.loads(out.read_text())["used"] for out in outs]
+    assert used[0] == used[1]  # the same version at every step on both ranks
+    switch = used[0].index(1)
+    assert switch > 20 and used[0] == [0] * switch + [1] * (steps - switch)
+    stored = stored_steps(server.url, "ddp")
+    assert [s["ranks"] for s in stored] == [2] * steps
+    assert [s["control_version"] for s in stored] == used[0]
