@@ -105,15 +105,10 @@ def theory_caption(analysis: dict[str, Any] | None) -> str:
 
 
 def render() -> None:
-    http = session.client()
-    try:
-        runs = api.list_runs(http)
-    except api.ApiError as e:
-        st.error(str(e))
-        return
-    name = session.choose_run(runs, key="run-view-run")
+    name = session.choose_run(key="run-view-run")
     if name is None:
         return
+    http = session.client()
 
     @st.fragment(run_every=session.refresh_every())
     def live() -> None:
