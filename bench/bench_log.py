@@ -193,13 +193,14 @@ def main() -> None:
         f"log() latency on the training thread: {args.rounds} rounds of {args.steps} steps "
         f"(after {WARMUP} warm-up), all samples pooled"
     )
-    header = f"{'logger':<12} {'median us':>10} {'p99 us':>10} {'max us':>10}"
+    header = f"{'logger':<12} {'median us':>10} {'p99 us':>10} {'max us':>10} {'> 1 ms':>7}"
     print(f"{header} {'median / entmon':>16}  round medians us")
     base = statistics.median(pooled["entmon"]) * 1e6 if "entmon" in pooled else float("nan")
     for name in names:
         median, p99, worst = quantiles_us(pooled[name])
         rounds = " ".join(f"{m:.1f}" for m in medians[name])
-        row = f"{name:<12} {median:>10.1f} {p99:>10.1f} {worst:>10.1f}"
+        slow = sum(1 for x in pooled[name] if x > 1e-3)
+        row = f"{name:<12} {median:>10.1f} {p99:>10.1f} {worst:>10.1f} {slow:>7}"
         print(f"{row} {median / base:>15.1f}x  {rounds}")
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +38,7 @@ from client.stats import StepAccumulator
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_CLOSE_TIMEOUT_S = 5.0
+RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"  # the service's (monitor.schemas), checked by a test
 URL_ENV = "ENTMON_URL"
 TOKEN_ENV = "ENTMON_TOKEN"
 
@@ -69,29 +71,32 @@ class Monitor:
         rank: int | None = None,
         world_size: int | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
-        sync_control: bool | None = None,
+        sync_control: bool = True,
         tokenizer: Any = None,
         config: ReporterConfig | None = None,
     ) -> None:
+        if not re.fullmatch(RUN_ID_PATTERN, run):
+            raise ValueError(
+                f"run {run!r}: use 1 to 128 letters, digits, '.', '_' or '-' (the service's run id)"
+            )
         dist_rank, dist_size = _dist_rank_and_size()
         self.run = run
         self.rank = dist_rank if rank is None else rank
         self.world_size = dist_size if world_size is None else world_size
         self.config = config or ReporterConfig()
         self._log_once = LogOnce(enabled=self.rank == 0)
-        if sync_control is None:
-            sync_control = dist_size > 1
-        self._sync = ControlSync(distributed=sync_control, log_once=self._log_once)
-        self.control: Control = self._sync.current
-        self._accumulator: StepAccumulator | None = None  # the step's, from its first loss
-        self._device = torch.device("cpu")
-        self._closed = False
-        connection = MonitorConnection(
+        connection = MonitorConnection(  # a bad URL raises here, before any collective
             url or os.environ.get(URL_ENV) or DEFAULT_URL,
             token if token is not None else os.environ.get(TOKEN_ENV),
             connect_timeout_s=self.config.connect_timeout_s,
             request_timeout_s=self.config.request_timeout_s,
         )
+        distributed = sync_control and dist_size > 1
+        self._sync = ControlSync(distributed=distributed, log_once=self._log_once)
+        self.control: Control = self._sync.current
+        self._accumulator: StepAccumulator | None = None  # the step's, from its first loss
+        self._device = torch.device("cpu")
+        self._closed = False
         spool = None
         if self.config.spool:
             directory = Path(spool_dir) if spool_dir is not None else default_spool_dir()

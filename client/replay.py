@@ -6,6 +6,7 @@ Monitor of the same run and rank holds the file's lock; replay then refuses to t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import time
@@ -73,9 +74,10 @@ def replay_file(
 
 def _count(result: ReplayResult, replies: list[Reply], rejected: list[tuple[bytes, Reply]]) -> None:
     for reply in replies:
-        body = reply.json()
-        result.accepted += int(body.get("accepted", 0))
-        result.duplicates += int(body.get("duplicates", 0))
+        with contextlib.suppress(ValueError, TypeError, AttributeError):  # stored, odd answer
+            body = reply.json()
+            result.accepted += int(body.get("accepted", 0))
+            result.duplicates += int(body.get("duplicates", 0))
     result.rejected += len(rejected)
     if rejected and not result.first_rejection:
         line, reply = rejected[0]

@@ -56,11 +56,16 @@ def build_report(
 
 
 def finalize(
-    report: dict[str, Any], *, client_drops: int = 0, tokenizer: Any = None
+    report: dict[str, Any],
+    *,
+    client_drops: int = 0,
+    tokenizer: Any = None,
+    problems: list[str] | None = None,
 ) -> dict[str, Any]:
     """Numbers only, non-finite values as strings (runs on the reporter thread: reading a
     tensor may wait for the device). Scalars given to `log` win over computed ones; names that
-    are not report statistics go to `user`."""
+    are not report statistics go to `user`. A value that is not a number is left out and named
+    in `problems`: one bad scalar does not cost the step its report."""
     out = {k: v for k, v in report.items() if k not in ("packed", "scalars")}
     stats: dict[str, Any] = {}
     user: dict[str, Any] = {}
@@ -77,10 +82,8 @@ def finalize(
         (stats if name in _STAT_NAMES else user)[name] = value
     if client_drops:
         stats["client_drops"] = client_drops
-    out["stats"] = {
-        k: _number(v, integer=k in INTEGER_STATS) for k, v in stats.items() if v is not None
-    }
-    out["user"] = {k: _number(v, integer=False) for k, v in user.items() if v is not None}
+    out["stats"] = _numbers(stats, problems, integer=INTEGER_STATS)
+    out["user"] = _numbers(user, problems)
     for key in ("histograms", "top_tokens"):
         if key in out:
             out[key] = _json_safe(out[key])
@@ -96,6 +99,21 @@ def step_of(line: bytes) -> tuple[int, int]:
     """(rank, step) of an encoded report, for logs and tests."""
     doc = json.loads(line)
     return int(doc.get("rank", 0)), int(doc["step"])
+
+
+def _numbers(
+    values: dict[str, Any], problems: list[str] | None, integer: frozenset[str] = frozenset()
+) -> dict[str, float | int | str]:
+    out: dict[str, float | int | str] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        try:
+            out[name] = _number(value, integer=name in integer)
+        except (TypeError, ValueError, RuntimeError) as e:  # a string, a tensor of many values
+            if problems is not None:
+                problems.append(f"{name}={value!r:.60}: not a number ({type(e).__name__})")
+    return out
 
 
 def _detach(value: Any) -> Any:

@@ -12,10 +12,12 @@ loop: problems are logged once per kind, on rank 0 only.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
 import random
+import sys
 import threading
 import time
 import weakref
@@ -50,6 +52,8 @@ CLOSE_NETWORK_SHARE = 0.5  # close(): this share of the timeout for sending, the
 # the training thread gets the GIL back within one unit instead of CPython's 5 ms switch
 # interval: this keeps log()'s p99 under a millisecond while the reporter is busy.
 GIL_YIELD_S = 50e-6
+REPORTER_NICE = 10  # on Linux the reporter thread runs this much nicer than the training thread
+MAX_NICE = 19
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,7 +116,7 @@ class Reporter:
         self._queue_drops = 0
         self._queue_drops_seen = 0
         self._drops_to_report = 0
-        self.dropped = 0  # reports lost for good (queue full, spool full or off, rejected)
+        self.dropped = 0  # lost here for good (spool full or off, rejected); see dropped_total
         self.delivered = 0  # reports the monitor acknowledged (new or duplicate)
         self.spooled = 0  # reports written to the spool
         # Reporter-thread state.
@@ -132,7 +136,11 @@ class Reporter:
             return
         if len(self._queue) >= self._config.queue_size:
             self._queue_drops += 1
-            self._log_once("queue_full", "report queue full: dropping reports (disk too slow?)")
+            self._log_once(
+                "queue_full",
+                f"{self._config.queue_size} reports queued: dropping reports, the reporter cannot "
+                "keep up (monitor hanging or disk too slow)",
+            )
             return
         self._queue.append(report)
         if not self._wake.is_set():
@@ -140,6 +148,7 @@ class Reporter:
 
     @property
     def dropped_total(self) -> int:
+        """Every report lost for good, the full queue's included."""
         return self.dropped + self._queue_drops
 
     @property
@@ -176,6 +185,7 @@ class Reporter:
 
     # -- reporter thread -----------------------------------------------------------------------
     def _main(self) -> None:
+        _lower_this_threads_priority()
         try:
             self._resume_spool()
             while not self._done():
@@ -224,13 +234,22 @@ class Reporter:
         lines = []
         for report in items:
             drops = self._pending_drops()
+            problems: list[str] = []
             try:
-                done = finalize(report, client_drops=drops, tokenizer=self._tokenizer)
+                done = finalize(
+                    report, client_drops=drops, tokenizer=self._tokenizer, problems=problems
+                )
                 lines.append(encode(done))
                 self._yield_gil()
             except Exception as e:
                 why = f"step {report.get('step')} not reportable: {e!r}"
                 self._drop(1, "encode", why, carried=drops)
+            if problems:
+                self._log_once(
+                    f"scalar:{problems[0].split('=')[0]}",
+                    f"log(step={report.get('step')}) left out {'; '.join(problems)}",
+                    logging.ERROR,
+                )
         return lines
 
     def _pending_drops(self) -> int:
@@ -431,6 +450,16 @@ class Reporter:
         if self._spool is not None:
             self._spool.close()
         self._conn.close()
+
+
+def _lower_this_threads_priority() -> None:
+    """Where the OS can renice one thread (Linux), the reporter yields the CPU to the training
+    thread when both want it: it only has to keep up, never to be quick."""
+    if sys.platform.startswith("linux"):  # elsewhere PRIO_PROCESS would renice the whole process
+        with contextlib.suppress(OSError, AttributeError):
+            tid = threading.get_native_id()
+            nice = os.getpriority(os.PRIO_PROCESS, tid) + REPORTER_NICE
+            os.setpriority(os.PRIO_PROCESS, tid, min(MAX_NICE, nice))
 
 
 def _refusal(reply: Reply, url: str) -> str:

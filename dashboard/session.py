@@ -6,12 +6,11 @@ The token comes from ENTMON_TOKEN or the sidebar's password field, never from th
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import httpx
 import streamlit as st
 
-from dashboard.api import api_url, make_client
+from dashboard.api import ApiError, api_url, list_runs, make_client
 
 REFRESH_S = 2.0
 
@@ -40,8 +39,14 @@ def refresh_every() -> float | None:
     return REFRESH_S if st.session_state.get("live", True) else None
 
 
-def choose_run(runs: list[dict[str, Any]], *, key: str) -> str | None:
-    """A run picker kept in the URL (?run=NAME) so a link opens the same run."""
+def choose_run(*, key: str) -> str | None:
+    """A run picker kept in the URL (?run=NAME) so a link opens the same run; None (with the
+    reason shown) when the API is unreachable or has no run yet."""
+    try:
+        runs = list_runs(client())
+    except ApiError as e:
+        st.error(str(e))
+        return None
     names = [r["run"] for r in runs]
     if not names:
         st.info("No runs yet. Stream one with `client.Monitor(run=...)`, or run `entmon demo`.")

@@ -1,4 +1,8 @@
-"""FastAPI dependencies as `Annotated` aliases, in one place."""
+"""FastAPI dependencies as `Annotated` aliases, in one place.
+
+All `async def`: FastAPI runs a plain `def` dependency in a worker thread, a hop per request that
+cost more than the work itself.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,12 @@ from monitor.settings import Settings
 from monitor.store import Store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
@@ -26,11 +30,11 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 
 
-def _reader(request: Request, settings: SettingsDep) -> Principal:
+async def _reader(request: Request, settings: SettingsDep) -> Principal:
     return authenticate(request, settings, Role.INGEST)
 
 
-def _admin(request: Request, settings: SettingsDep) -> Principal:
+async def _admin(request: Request, settings: SettingsDep) -> Principal:
     return authenticate(request, settings, Role.ADMIN)
 
 

@@ -51,7 +51,7 @@ class EmbeddedRedis:
         data_dir: Path,
         *,
         port: int | None = None,
-        appendfsync: str = "always",
+        appendfsync: str = "everysec",
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = Path(data_dir)

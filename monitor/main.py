@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
@@ -22,6 +23,21 @@ from monitor.store import Store
 
 log = logging.getLogger("monitor")
 RETRY_AFTER_S = 5
+
+
+def _publish_report_schemas(app: FastAPI) -> None:
+    """The ingest route validates its body itself (reports.REPORT_BODY); put the models its
+    schema refers to into the OpenAPI components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(
+            reports.REPORT_BODY_DEFS
+        )
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -77,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         analysis.router,
     ):
         app.include_router(router)
+    _publish_report_schemas(app)
 
     @app.exception_handler(RedisError)
     async def redis_unavailable(request: Request, exc: RedisError) -> Response:

@@ -140,7 +140,7 @@ class StepReport(_Wire):
 
     def nonfinite_fields(self) -> list[str]:
         """Names of statistics that are NaN or infinite: the run diverged."""
-        bad = [k for k, v in self.stats.model_dump().items() if _nonfinite(v)]
+        bad = [k for k, v in self.stats if _nonfinite(v)]
         bad += [f"user.{k}" for k, v in self.user.items() if _nonfinite(v)]
         bad += [f"histograms.{k}" for k, h in self.histograms if h is not None and h.nonfinite]
         return bad

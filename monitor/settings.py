@@ -32,7 +32,10 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = "development"
     redis_timeout_s: float = Field(2.0, gt=0, description="socket timeout of Redis commands")
     redis_appendfsync: Literal["always", "everysec"] = Field(
-        "always", description="embedded Redis fsync policy: 'always' loses no acknowledged report"
+        "everysec",
+        description="embedded Redis fsync policy. Both lose no acknowledged report when Redis "
+        "crashes or restarts (the append-only file is written before the reply); 'everysec' may "
+        "lose the last second if the machine loses power, 'always' costs an fsync per write",
     )
     retention_steps: int = Field(100_000, ge=1, description="steps kept per run")
     stale_after_s: float = Field(

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, cast
 
+from pydantic_core import to_json
 from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 
 from monitor.merge import merge_counts, merge_stats, merge_user
 from monitor.schemas import AuditEntry, Control, StepPoint, StepReport
@@ -48,34 +49,32 @@ def _field(step: int, rank: int) -> str:
     return f"{step}:{rank}"
 
 
-def _scalars_doc(report: StepReport) -> str:
-    stats = {k: v for k, v in report.stats.model_dump().items() if v is not None}
-    doc = {
-        "step": report.step,
-        "rank": report.rank,
-        "world_size": report.world_size,
-        "time": report.time,
-        "control_version": report.control_version,
-        "stats": stats,
-        "user": report.user,
-    }
-    return json.dumps(doc)  # NaN stays NaN inside Redis; the API writes it as "NaN"
+# Stored documents are written by pydantic-core in one pass (several times faster than
+# model_dump + json.dumps on the ingest path); non-finite numbers become "NaN", "Infinity" and
+# "-Infinity", which `_load_scalars` and the response models turn back into floats.
+SCALARS = {"step", "rank", "world_size", "time", "control_version", "stats", "user"}
+DETAILS = {"histograms", "top_tokens"}
 
 
-def _details_doc(report: StepReport) -> str:
-    return json.dumps(
-        {
-            "histograms": report.histograms.model_dump(exclude_none=True),
-            "top_tokens": [t.model_dump() for t in report.top_tokens],
-        }
-    )
+def _scalars_doc(report: StepReport) -> bytes:
+    return to_json(report, include=SCALARS, exclude_none=True)
+
+
+def _details_doc(report: StepReport) -> bytes:
+    return to_json(report, include=DETAILS, exclude_none=True)
+
+
+def _load_scalars(raw: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(raw)
+    for part in ("stats", "user"):
+        doc[part] = {k: float(v) if isinstance(v, str) else v for k, v in doc[part].items()}
+    return doc
 
 
 class Store:
     def __init__(self, redis: Redis | RedisCluster, *, retention_steps: int) -> None:
         self.redis = redis
         self.retention_steps = retention_steps
-        self._ingest = redis.register_script(INGEST_SCRIPT)
         self._set_control = redis.register_script(CONTROL_SCRIPT)
         self._sample = redis.register_script(SAMPLE_SCRIPT)
 
@@ -91,10 +90,10 @@ class Store:
             args += [s.tokens or 0, s.detached or 0, s.penalised or 0, s.client_drops or 0]
         keys = [k.index, k.scalars, k.details, k.meta]
         async with self.redis.pipeline(transaction=False) as pipe:
-            if isinstance(pipe, ClusterPipeline):  # redis-py refuses EVALSHA there; EVAL routes
-                pipe.eval(INGEST_SCRIPT, len(keys), *keys, *args)
-            else:
-                await self._ingest(keys=keys, args=args, client=pipe)
+            # EVAL, not a registered script: a script in a redis-py pipeline costs a SCRIPT
+            # EXISTS round trip per call, and cluster pipelines refuse EVALSHA. Redis caches
+            # the compiled script by its hash either way.
+            pipe.eval(INGEST_SCRIPT, len(keys), *keys, *args)
             pipe.zadd(RUNS_KEY, {run: now})
             pipe.get(k.control)
             flags, _, control = await pipe.execute()
@@ -159,7 +158,7 @@ class Store:
         grouped: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for raw in docs:
             if raw is not None:  # trimmed by retention between the two reads
-                doc = json.loads(raw)
+                doc = _load_scalars(raw)
                 if stats is not None:
                     doc["stats"] = {n: v for n, v in doc["stats"].items() if n in stats}
                 grouped[doc["step"]].append(doc)
@@ -180,7 +179,7 @@ class Store:
         grouped: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for raw in await self._hmget(k.scalars, fields):
             if raw is not None:  # trimmed by retention between the reads
-                doc = json.loads(raw)
+                doc = _load_scalars(raw)
                 grouped[doc["step"]].append(doc)
         return [_merge_step(grouped[s]) for s in sorted(grouped)], True
 
@@ -288,10 +287,15 @@ class Store:
             if raw is not None
             for t in json.loads(raw)["top_tokens"]
         ]
-        return sorted(tokens, key=lambda t: -t["cov"] if math.isfinite(t["cov"]) else math.inf)
+        return sorted(tokens, key=lambda t: _descending(float(t["cov"])))
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+
+def _descending(x: float) -> float:
+    """Sort key: largest first, NaN last."""
+    return -x if not math.isnan(x) else math.inf
 
 
 def _control(raw: str | None) -> Control:

@@ -69,15 +69,10 @@ def knob_form(run: str, control: dict[str, Any]) -> tuple[dict[str, Any], str] |
 
 
 def render() -> None:
-    http = session.client()
-    try:
-        runs = api.list_runs(http)
-    except api.ApiError as e:
-        st.error(str(e))
-        return
-    run = session.choose_run(runs, key="control-run")
+    run = session.choose_run(key="control-run")
     if run is None:
         return
+    http = session.client()
     loaded, conflicts = _loaded(), _conflicts()
     if run not in loaded:
         loaded[run] = api.get_control(http, run)

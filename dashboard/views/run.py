@@ -105,33 +105,26 @@ def theory_caption(analysis: dict[str, Any] | None) -> str:
 
 
 def render() -> None:
-    http = session.client()
-    try:
-        runs = api.list_runs(http)
-    except api.ApiError as e:
-        st.error(str(e))
-        return
-    name = session.choose_run(runs, key="run-view-run")
+    name = session.choose_run(key="run-view-run")
     if name is None:
         return
+    http = session.client()
 
     @st.fragment(run_every=session.refresh_every())
     def live() -> None:
+        # Each part is drawn as soon as its data is in: Streamlit sends elements as the script
+        # runs, so the entropy chart does not wait for the histograms.
         try:
             run = api.get_run(http, name)
             steps = api.get_steps(http, name, stats=CHARTED)
             control = api.get_control(http, name)
             analysis = api.get_analysis(http, name)
-            cov = api.get_histograms(http, name, "covariance")
-            ent = api.get_histograms(http, name, "entropy")
-            tokens = api.get_top_tokens(http, name)
         except api.ApiError as e:
             st.error(str(e))
             return
         kpis(run, control, analysis)
         verdicts(analysis)
-        collapse = (analysis or {}).get("collapse") or {}
-        floor = collapse.get("floor_entropy")
+        floor = ((analysis or {}).get("collapse") or {}).get("floor_entropy")
         left, right = st.columns(2)
         left.plotly_chart(
             charts.entropy_reward(steps, floor=api.number(floor), changes=version_changes(steps)),
@@ -139,17 +132,25 @@ def render() -> None:
         )
         right.plotly_chart(charts.law(steps, (analysis or {}).get("law")), key="law-chart")
         right.caption(law_caption(analysis))
+        try:
+            histograms = {h: api.get_histograms(http, name, h) for h in ("covariance", "entropy")}
+            tokens = api.get_top_tokens(http, name)
+        except api.ApiError as e:
+            st.error(str(e))
+            return
         left, right = st.columns(2)
-        if cov["steps"]:
-            left.plotly_chart(
-                charts.heatmap(cov, "Token covariance (symlog buckets)"), key="cov-heat"
-            )
-        else:
-            left.caption("No covariance histograms yet (sent by Monitor.policy_loss).")
-        if ent["steps"]:
-            right.plotly_chart(charts.heatmap(ent, "Token entropy (nats)"), key="entropy-heat")
-        else:
-            right.caption("No entropy histograms yet.")
+        for column, (hist, title) in zip(
+            (left, right),
+            (
+                ("covariance", "Token covariance (symlog buckets)"),
+                ("entropy", "Token entropy (nats)"),
+            ),
+            strict=True,
+        ):
+            if histograms[hist]["steps"]:
+                column.plotly_chart(charts.heatmap(histograms[hist], title), key=f"{hist}-heat")
+            else:
+                column.caption(f"No {hist} histograms yet (sent by Monitor.policy_loss).")
         left, right = st.columns(2)
         left.plotly_chart(charts.interventions(steps), key="interventions-chart")
         right.plotly_chart(charts.theory(steps), key="theory-chart")

@@ -3,12 +3,16 @@ top tokens, on a real server; the loss uses the step's control; nothing is read 
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import pytest
 import torch
 
+import monitor.schemas
 from client import Monitor
 from client.losses import policy_loss
+from client.monitor import RUN_ID_PATTERN
 from tests.client.conftest import FAST, Decoder, micro_batch, stored_steps
 from tests.conftest import ServerProcess
 
@@ -56,3 +60,22 @@ def test_a_step_without_policy_loss_reports_only_its_scalars(shared_server: Serv
     first, second = stored_steps(shared_server.url, "scalars")
     assert "tokens" in first["stats"]
     assert second["stats"] == {"entropy": 0.5, "reward": 2.0}
+
+
+def test_a_scalar_that_is_not_a_number_is_left_out_with_an_error_the_step_stays(
+    shared_server: ServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="client"):
+        mon = Monitor(run="bad-scalar", url=shared_server.url, config=FAST)
+        mon.log(0, entropy=1.0, note="diverged?", vector=torch.ones(3), lr=1e-3)
+        mon.close()
+    (step,) = stored_steps(shared_server.url, "bad-scalar")
+    assert step["stats"] == {"entropy": 1.0} and step["user"] == {"lr": 1e-3}
+    (record,) = caplog.records
+    assert "note=" in record.getMessage() and "vector=" in record.getMessage()
+
+
+def test_a_run_name_the_service_would_refuse_is_refused_at_once() -> None:
+    assert RUN_ID_PATTERN == monitor.schemas.RUN_ID_PATTERN
+    with pytest.raises(ValueError, match="letters, digits"):
+        Monitor(run="my run/1", url="http://127.0.0.1:9")

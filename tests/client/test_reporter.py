@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import redis
 from client import Monitor
 from client.spool import spool_path
 from monitor.embedded_redis import EmbeddedRedis, free_port
-from tests.client.conftest import FAST, stored_reports, stored_steps
+from tests.client.conftest import FAST, stored_reports, stored_steps, unused_url
 from tests.conftest import ServerProcess
 
 WAIT_S = 20.0
@@ -184,3 +185,23 @@ def test_a_forked_child_sends_nothing_and_the_parent_goes_on(shared_server: Serv
     steps = stored_steps(shared_server.url, "fork")
     assert [s["step"] for s in steps] == [0, 1, 2, 3, 4]
     assert not [t for t in threading.enumerate() if t.name == "entmon-reporter" and t.is_alive()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_the_reporter_thread_yields_the_cpu_to_the_training_thread() -> None:
+    mon = Monitor(run="nice", url=unused_url(), config=FAST)
+    try:
+        wait_for(lambda: bool(reporter_thread_ids()), "the reporter thread")
+        (tid,) = reporter_thread_ids()
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert os.getpriority(os.PRIO_PROCESS, tid) == min(19, mine + 10)
+    finally:
+        mon.close(1)
+
+
+def reporter_thread_ids() -> list[int]:
+    return [
+        t.native_id
+        for t in threading.enumerate()
+        if t.name == "entmon-reporter" and t.is_alive() and t.native_id is not None
+    ]

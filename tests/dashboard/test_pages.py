@@ -62,7 +62,13 @@ def test_run_view_draws_every_chart(streamed: ServerProcess) -> None:
     entropy = figure(app, "entropy-chart")["data"]
     assert [t["name"] for t in entropy] == ["entropy", "reward"]  # type: ignore[index]
     assert len(entropy[0]["x"]) == STEPS  # type: ignore[index]
-    for key in ("law-chart", "cov-heat", "entropy-heat", "interventions-chart", "theory-chart"):
+    for key in (
+        "law-chart",
+        "covariance-heat",
+        "entropy-heat",
+        "interventions-chart",
+        "theory-chart",
+    ):
         assert figure(app, key)["data"], key
     assert app.metric[0].value == str(STEPS - 1)
     assert ":red[**collapsed**]" in app.markdown[0].value  # the state, from the service's analysis

@@ -17,20 +17,20 @@ def post(url: str, step: int) -> httpx.Response:
 
 
 def test_redis_restart_during_ingest_loses_no_acknowledged_report(tmp_path: Path) -> None:
-    redis = EmbeddedRedis(tmp_path / "redis", appendfsync="always").start()
+    redis = EmbeddedRedis(tmp_path / "redis").start()  # the default fsync policy, everysec
     server = ServerProcess({"ENTMON_REDIS_URL": redis.url, "ENTMON_REDIS_TIMEOUT_S": "0.5"}).start()
     acknowledged: set[int] = set()
     try:
         for step in range(50):
             if post(server.url, step).status_code == 200:
                 acknowledged.add(step)
-        redis.kill()  # abrupt: only what was fsynced survives
+        redis.kill()  # SIGKILL: what Redis wrote to its append-only file before replying survives
         down = post(server.url, 50)
         assert down.status_code == 503
         assert down.headers["retry-after"].isdigit()
         assert httpx.get(f"{server.url}/readyz").status_code == 503
         assert httpx.get(f"{server.url}/healthz").status_code == 200  # the process itself is fine
-        redis = EmbeddedRedis(tmp_path / "redis", port=redis.port, appendfsync="always").start()
+        redis = EmbeddedRedis(tmp_path / "redis", port=redis.port).start()
         for step in range(50, 100):  # recovery without restarting the service
             if post(server.url, step).status_code == 200:
                 acknowledged.add(step)
