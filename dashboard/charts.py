@@ -79,13 +79,17 @@ def _bucket_labels(upper: Sequence[float]) -> list[str]:
 
 
 def heatmap(hist: Mapping[str, Any], title: str) -> go.Figure:
-    """Counts per bucket over steps; colour is log10(1 + count) so the tails stay visible."""
+    """Counts per bucket over steps; colour is log10(1 + count) so the tails stay visible, and
+    empty buckets stay blank."""
     rows = hist["steps"]
     labels = _bucket_labels(hist["upper_bounds"])
-    z = [[math.log10(1 + row["counts"][i]) for row in rows] for i in range(len(labels))]
+    z = [
+        [math.log10(1 + c) if (c := row["counts"][i]) else None for row in rows]
+        for i in range(len(labels))
+    ]
     fig = go.Figure(
         go.Heatmap(
-            x=[row["step"] for row in rows], y=labels, z=z, colorscale="Magma",
+            x=[row["step"] for row in rows], y=labels, z=z, colorscale="Viridis",
             colorbar={"title": "log10(1+n)"},
         )
     )  # fmt: skip
