@@ -68,7 +68,7 @@ def test_the_loss_follows_the_control_set_on_the_server(
     )  # fmt: skip
     assert r.status_code == 200, r.text
     with Monitor(run="live", url=server.url, spool_dir=tmp_path) as mon:
-        records = train(ToyConfig(steps=6), mon)
+        records = train(ToyConfig(steps=12), mon)  # margin for the first answer on a busy box
     modes = [r.loss_mode for r in records]
     assert modes[-1] == "kl_cov"  # picked up at a step boundary (the first poll or answer)
     assert modes == ["vanilla"] * modes.count("vanilla") + ["kl_cov"] * modes.count("kl_cov")
