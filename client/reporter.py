@@ -151,10 +151,6 @@ class Reporter:
         """Every report lost for good, the full queue's included."""
         return self.dropped + self._queue_drops
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
     def close(self, timeout: float) -> None:
         """Send what is queued for the first half of `timeout`, then cut the connection (a hung
         request included), spool the rest and stop the thread: returns within `timeout` even if

@@ -68,10 +68,6 @@ class Spool:
         self._read = 0  # offset of the first unacknowledged line
 
     # -- lifecycle -----------------------------------------------------------------------------
-    @property
-    def is_open(self) -> bool:
-        return self._fd is not None
-
     def open(self, *, create: bool = True) -> None:
         """Lock the file (creating it if `create`); raises SpoolError. With `run` unset, the
         file must exist and its header names the run."""
