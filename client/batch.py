@@ -23,6 +23,24 @@ class Batch(NamedTuple):
     log_prob: Tensor  # B, T, 0 at masked tokens (autograd flows through)
     old_log_prob: Tensor  # B, T, 0 at masked tokens
     advantages: Tensor  # B, T, 0 at masked tokens
+    keep_bits: Tensor | None = None  # B, T int32: all 32 bits set at valid tokens, 0 elsewhere
+
+
+def zero_masked(x: Tensor, batch: Batch, *, out: Tensor | None = None) -> Tensor:
+    """`torch.where(batch.valid, x, 0.0)`, bit for bit; `out`: a buffer of x's size and dtype
+    to write into."""
+    return _zero_masked(x, batch.valid, batch.keep_bits, out)
+
+
+def _zero_masked(x: Tensor, valid: Tensor, bits: Tensor | None, out: Tensor | None) -> Tensor:
+    # On a float32 tensor without gradient: a bitwise AND with `bits` (all bits kept at valid
+    # tokens, none, i.e. +0.0, elsewhere), a plain integer pass about a third of `where`'s time
+    # on CPU, whatever x holds (NaN, inf).
+    if bits is None or x.dtype != torch.float32 or x.shape != bits.shape or x.requires_grad:
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        return torch.where(valid, x, zero, out=None if out is None else out.view(x.shape))
+    into = None if out is None else out.view(torch.int32).view(bits.shape)
+    return torch.bitwise_and(x.view(torch.int32), bits, out=into).view(torch.float32)
 
 
 def valid_mask(response_mask: Tensor) -> Tensor:
@@ -43,7 +61,10 @@ def masked_batch(
             f"[batch, response_len] shape, got {sorted(shapes)}"
         )
     valid = valid_mask(response_mask)
-    lp = torch.where(valid, log_prob, 0.0)
-    old = lp.detach() if old_log_prob is None else torch.where(valid, old_log_prob, 0.0)
-    adv = torch.where(valid, advantages, 0.0)
-    return Batch(valid, valid.float(), torch.count_nonzero(valid), lp, old, adv)
+    as_bytes = valid.view(torch.uint8)  # bool -> float or int is several times faster from bytes
+    keep = as_bytes.float()
+    bits = as_bytes.to(torch.int32).neg_()  # 0 -> 0, 1 -> -1: all 32 bits set
+    lp = torch.where(valid, log_prob, 0.0)  # autograd flows through `where`
+    old = lp.detach() if old_log_prob is None else _zero_masked(old_log_prob, valid, bits, None)
+    adv = _zero_masked(advantages, valid, bits, None)
+    return Batch(valid, keep, torch.count_nonzero(valid), lp, old, adv, bits)

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from client.batch import Batch, masked_batch
+from client.batch import Batch, masked_batch, zero_masked
 
 Scope = Literal["micro_batch", "global"]
 SCOPES: tuple[Scope, ...] = ("micro_batch", "global")
@@ -31,18 +31,30 @@ def is_global(scope: Scope) -> bool:
 
 
 class Centred(NamedTuple):
-    """Per-token covariance of a selection unit and the means it is centred on."""
+    """Per-token covariance of a selection unit and the means it is centred on.
+
+    `adv_dev` and `score` are by-products kept for the step statistics (None when not made):
+    the advantages' deviations, whose squares sum to the advantage variance, and the ranking
+    KL-Cov's selection used.
+    """
 
     cov: Tensor  # B, T fp32, exactly 0 at masked tokens
     lp_mean: Tensor  # 0-d fp32
     adv_mean: Tensor  # 0-d fp32
     n: Tensor  # 0-d int64, valid tokens of the scope
     scope: Scope
+    adv_dev: Tensor | None = None  # B, T fp32: (A - mean A) * keep
+    score: Tensor | None = None  # N fp32: cov, masked tokens at the lowest float
 
 
 @torch.no_grad()
-def centred(batch: Batch, scope: Scope = "micro_batch") -> Centred:
-    """The per-token covariance of a masked batch and its means over `scope`."""
+def centred(
+    batch: Batch, scope: Scope = "micro_batch", *, out: tuple[Tensor, Tensor] | None = None
+) -> Centred:
+    """The per-token covariance of a masked batch and its means over `scope`.
+
+    `out`: two float32 buffers of the batch's size to hold `adv_dev` and `cov` (which then
+    live only as long as the caller leaves the buffers alone)."""
     lp = batch.log_prob.detach().float()  # B, T, 0 at masked tokens
     adv = batch.advantages.float()  # B, T, 0 at masked tokens
     n = batch.n
@@ -53,10 +65,16 @@ def centred(batch: Batch, scope: Scope = "micro_batch") -> Centred:
         lp_sum, adv_sum, n = sums[0].float(), sums[1].float(), sums[2].long()
     denom = n.clamp(min=1)
     lp_mean, adv_mean = lp_sum / denom, adv_sum / denom
-    # The reference's order of factors; exactly 0 at masked tokens even if a mean is not finite
-    # (the step statistics count masked tokens out of the zero bucket).
-    cov = torch.where(batch.valid, (adv - adv_mean) * (lp - lp_mean), 0.0)
-    return Centred(cov, lp_mean, adv_mean, n, scope)
+    # (A - mean A) * (logp - mean logp), the two factors in either order (a product is exact
+    # both ways), the first one masked by multiplying (x * 1 is x); exactly 0 at masked tokens
+    # even if a mean is not finite, thanks to the final `where` (the step statistics count
+    # masked tokens out of the zero bucket). In place: on CPU every fresh buffer costs page
+    # faults.
+    adv_buf, cov_buf = (None, None) if out is None else (b.view(adv.shape) for b in out)
+    adv_dev = torch.sub(adv, adv_mean, out=adv_buf).mul_(batch.keep)  # B, T
+    cov = torch.sub(lp, lp_mean, out=cov_buf).mul_(adv_dev)  # B, T
+    cov = zero_masked(cov, batch, out=cov)
+    return Centred(cov, lp_mean, adv_mean, n, scope, adv_dev=adv_dev)
 
 
 @torch.no_grad()

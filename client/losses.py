@@ -72,7 +72,16 @@ class _Terms(NamedTuple):
     log_ratio: Tensor  # B, T; 0 at masked tokens
     pg1: Tensor  # -A * ratio; 0 at masked tokens
     pg2: Tensor  # -A * clamp(ratio, 1 - eps_low, 1 + eps_high); 0 at masked tokens
-    clipped: Tensor  # B, T bool: pg2 > pg1 (never at masked tokens, where both are 0)
+    # B, T float32, 1 where pg2 > pg1, else 0 (never at masked tokens, where both are 0): a
+    # comparison written as floats is several times cheaper than one written as bool.
+    clipped: Tensor
+
+    def clipped_mask(self) -> Tensor:
+        return self.clipped.bool()  # B, T
+
+
+# Below 2**24, a float32 sum of 0/1 values is the exact count, in any order.
+_EXACT_FLOAT_COUNT = 2**24
 
 
 def _terms(
@@ -93,8 +102,7 @@ def _terms(
     neg_adv = -batch.advantages
     pg1 = neg_adv * ratio
     pg2 = neg_adv * torch.clamp(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)
-    with torch.no_grad():
-        clipped = pg2 > pg1
+    clipped = torch.gt(pg2.detach(), pg1.detach(), out=torch.empty_like(pg1, dtype=torch.float32))
     return _Terms(batch, log_ratio, pg1, pg2, clipped)
 
 
@@ -112,17 +120,26 @@ def _stats(
     *,
     selection: Selection | None = None,
     centred: Centred | None = None,
+    abs_log_ratio: Tensor | None = None,
 ) -> LossStats:
     device = t.batch.n.device
     zero = torch.zeros((), dtype=torch.int64, device=device)
     denom = t.batch.n.clamp(min=1)
     log_ratio = t.log_ratio.detach()  # 0 at masked tokens
-    abs_lr = log_ratio.abs()
-    picked = zero if selection is None else torch.count_nonzero(selection.picked)
+    if abs_log_ratio is None:
+        abs_log_ratio = log_ratio.abs()
+    picked = zero
+    if selection is not None:
+        count = selection.count
+        picked = torch.count_nonzero(selection.picked) if count is None else count
     if mode == "kl_cov" and selection is not None:
-        pen_abs = torch.where(selection.picked, abs_lr, 0.0).sum() / picked.clamp(min=1)
+        pen_abs = torch.where(selection.picked, abs_log_ratio, 0.0).sum() / picked.clamp(min=1)
     else:
         pen_abs = torch.zeros((), device=device)
+    if t.clipped.numel() < _EXACT_FLOAT_COUNT:
+        clipped = t.clipped.sum()
+    else:
+        clipped = torch.count_nonzero(t.clipped)
     candidates = zero
     if mode == "clip_cov" and selection is not None:
         candidates = torch.count_nonzero(selection.candidates)
@@ -134,9 +151,9 @@ def _stats(
         detached=picked if mode == "clip_cov" else zero,
         penalised=picked if mode == "kl_cov" else zero,
         budget=zero if selection is None else selection.budget,
-        ppo_clip_frac=torch.count_nonzero(t.clipped) / denom,
+        ppo_clip_frac=clipped / denom,
         log_ratio_mean=log_ratio.sum() / denom,
-        abs_log_ratio_mean=abs_lr.sum() / denom,
+        abs_log_ratio_mean=abs_log_ratio.sum() / denom,
         penalised_abs_log_ratio_mean=pen_abs,
         batch=t.batch,
         centred=centred,
@@ -166,23 +183,29 @@ def _loss(
         if clip_ratio_c is not None:
             # verl: where(A < 0, min(-A * c, loss), loss). For A >= 0, |A| * c >= 0 >= loss,
             # so min(|A| * c, loss) is the same value (and gradient) without a `where`.
-            loss = torch.minimum(t.batch.advantages.abs() * clip_ratio_c, loss)
+            loss = torch.minimum(t.batch.advantages.abs().mul_(clip_ratio_c), loss)
         return _token_mean(loss, t), _stats("vanilla", scope, t)
     centred = None
     if c.loss_mode == "clip_cov":
         if selection is None:
             selection, centred = clip_cov_selection(
-                t.batch, t.clipped,
+                t.batch, t.clipped_mask(),
                 clip_cov_ratio=c.clip_cov_ratio, clip_cov_lb=c.clip_cov_lb,
                 clip_cov_ub=c.clip_cov_ub, generator=generator, scope=scope,
             )  # fmt: skip
-        loss = torch.maximum(t.pg1, t.pg2).masked_fill(selection.picked, 0.0)
+        # masked_fill(picked, 0.0)'s values and gradient; `where` is the cheaper pass on CPU.
+        loss = torch.where(selection.picked, 0.0, torch.maximum(t.pg1, t.pg2))
+        abs_lr = None
     else:
         if selection is None:
             selection, centred = kl_cov_selection(t.batch, kl_cov_ratio=c.kl_cov_ratio, scope=scope)
-        penalty = c.ppo_kl_coef * t.log_ratio.abs()
+        abs_lr = t.log_ratio.abs()  # also the statistics' |log-ratio|
+        penalty = c.ppo_kl_coef * abs_lr
         loss = torch.where(selection.picked, t.pg1 + penalty, t.pg1)
-    stats = _stats(c.loss_mode, scope, t, selection=selection, centred=centred)
+        abs_lr = abs_lr.detach()
+    stats = _stats(
+        c.loss_mode, scope, t, selection=selection, centred=centred, abs_log_ratio=abs_lr
+    )
     return _token_mean(loss, t), stats
 
 
@@ -313,7 +336,7 @@ def select_tokens(
     if control.loss_mode == "kl_cov":
         return kl_cov_selection(t.batch, kl_cov_ratio=control.kl_cov_ratio, scope=scope)[0]
     return clip_cov_selection(
-        t.batch, t.clipped,
+        t.batch, t.clipped_mask(),
         clip_cov_ratio=control.clip_cov_ratio, clip_cov_lb=control.clip_cov_lb,
         clip_cov_ub=control.clip_cov_ub, generator=generator, scope=scope,
     )[0]  # fmt: skip

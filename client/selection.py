@@ -49,11 +49,14 @@ class Selection:
     candidates: bool [B, T], tokens eligible (Clip-Cov: inside (lb, ub) and not PPO-clipped;
         KL-Cov: every valid token).
     budget: 0-d int64, n or K of the selection unit.
+    count: 0-d int64, the number of picked tokens when known without counting `picked`
+        (None: count them).
     """
 
     picked: Tensor
     candidates: Tensor
     budget: Tensor
+    count: Tensor | None = None
 
     def rows(self, index: slice | Tensor) -> Selection:
         """The selection restricted to some rows (a micro-batch of its mini-batch). A slice's
@@ -87,13 +90,15 @@ def kl_cov_selection(
     valid = batch.valid.view(-1)  # N
     # Masked tokens score the lowest float (a multiply-add is cheaper than a `where`).
     score = (batch.keep.view(-1) - 1.0).mul_(-_LOWEST).add_(c.cov.view(-1))  # N
+    count = None
     if is_global(scope):
         k = static_budget(kl_cov_ratio, int(c.n.item()))  # the one host read of global scope
         picked = _global_top(score, valid, k, K, largest=True)
     else:
         k = static_budget(kl_cov_ratio, score.numel())
-        picked = _local_top(score, valid, k, K, largest=True)
-    return Selection(picked.view_as(batch.valid), batch.valid, K), c
+        picked, count = _local_top(score, valid, k, K, largest=True)
+    selection = Selection(picked.view_as(batch.valid), batch.valid, K, count)
+    return selection, c._replace(score=score)
 
 
 @torch.no_grad()
@@ -112,6 +117,7 @@ def clip_cov_selection(
     candidates = batch.valid & ~ppo_clipped & (c.cov > clip_cov_lb) & (c.cov < clip_cov_ub)
     N = budget(clip_cov_ratio, c.n)
     shape, device = batch.valid.shape, batch.valid.device
+    count = None
     if is_global(scope):
         keys = _hash_keys(shape, generator, device)  # B, T
         keys = torch.where(candidates, keys, _KEY_NEVER).view(-1)
@@ -119,20 +125,23 @@ def clip_cov_selection(
         picked = _global_top(keys, candidates.view(-1), k, N, largest=False)
     else:
         keys = torch.rand(shape, generator=generator, device=device)
-        keys = torch.where(candidates, keys, _NEVER).view(-1)
+        keys = torch.where(candidates, keys, keys.new_full((), _NEVER), out=keys).view(-1)
         k = static_budget(clip_cov_ratio, keys.numel())
-        picked = _local_top(keys, candidates.view(-1), k, N, largest=False)
-    return Selection(picked.view_as(batch.valid), candidates, N), c
+        picked, count = _local_top(keys, candidates.view(-1), k, N, largest=False)
+    return Selection(picked.view_as(batch.valid), candidates, N, count), c
 
 
-def _local_top(score: Tensor, eligible: Tensor, k: int, budget: Tensor, *, largest: bool) -> Tensor:
-    """Mask of the first `budget` (<= k) eligible entries of `score` in topk order."""
+def _local_top(
+    score: Tensor, eligible: Tensor, k: int, budget: Tensor, *, largest: bool
+) -> tuple[Tensor, Tensor]:
+    """Mask of the first `budget` (<= k) eligible entries of `score` in topk order, and their
+    number (counted on k entries rather than on the mask)."""
     picked = torch.zeros_like(eligible)
     if k == 0:
-        return picked
+        return picked, torch.zeros((), dtype=torch.int64, device=score.device)
     idx = torch.topk(score, k, largest=largest, sorted=True).indices  # k
-    keep = (torch.arange(k, device=score.device) < budget) & eligible[idx]
-    return picked.index_put_((idx,), keep)
+    keep = (torch.arange(k, device=score.device) < budget) & eligible.index_select(0, idx)
+    return picked.index_put_((idx,), keep), torch.count_nonzero(keep)
 
 
 def _global_top(

@@ -34,9 +34,9 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from client.batch import masked_batch
+from client.batch import masked_batch, zero_masked
 from client.covariance import centred
-from client.histograms import bucket_counts_unmasked, histogram_wire
+from client.histograms import bucket_counts_paired, bucket_counts_unmasked, histogram_wire
 from client.losses import LossStats
 from client.selection import static_budget
 from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count, bucket_index
@@ -53,6 +53,8 @@ _COUNTS = ("tokens", "rows", "ent_tokens", "loss_tokens", "stat_tokens", "candid
 _VALUES = ("lp_mean", "adv_mean", "adv_m2", "cov_mean", "cov_m2", "cov_max", "ent_sum",
            "abs_lr_mean", "loss", "pen_abs_lr_mean", "clip_frac")  # fmt: skip
 _ROW = _COUNTS + _VALUES
+# The step's histograms, one count vector: entropy then covariance (counts then NaN count).
+_COV_AT = bucket_count(ENTROPY_LAYOUT) + 1
 # Columns of the top-token buffer.
 _TOP = ("cov", "logp", "advantage", "entropy", "token_id", "position")
 
@@ -78,12 +80,15 @@ class StepAccumulator:
             raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
         self.top_tokens = top_tokens
         self.top_fraction = top_fraction
+        self._buffers: list[Tensor] = []  # scratch, see `_scratch`
+        self._device = torch.device("cpu")  # of the last micro-batch, for `_scratch`
+        self._zero_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self.reset()
 
     def reset(self) -> None:
-        self._rows: list[Tensor] = []
-        self._entropy_counts: Tensor | None = None
-        self._cov_counts: Tensor | None = None
+        self._count_rows: list[Tensor] = []  # per micro-batch: len(_COUNTS) 0-d int64
+        self._value_rows: list[Tensor] = []  # per micro-batch: len(_VALUES) 0-d float32
+        self._counts: Tensor | None = None  # entropy then covariance histogram, int64
         self._top: Tensor | None = None  # k, len(_TOP), sorted by cov descending
         self._numel = 0  # tokens seen, masked included (host-side, from the shapes)
         self._entropy_numel = 0  # the same, for micro-batches that gave an entropy
@@ -105,26 +110,33 @@ class StepAccumulator:
         """Accumulate one micro-batch ([batch, response_len] tensors, like the loss's).
 
         `loss_stats` must come from the loss on these same tensors: its masked inputs and, in
-        "micro_batch" scope, its covariance are reused instead of computed again.
+        "micro_batch" scope, its covariance (and KL-Cov's ranking) are reused instead of
+        computed again.
         """
         batch = loss_stats.batch if loss_stats is not None else None
         if batch is None:
             batch = masked_batch(log_prob, old_log_prob, advantages, response_mask)
+        keep = batch.keep.reshape(-1)  # N; 0/1 weights: float arithmetic instead of masking
+        N = keep.numel()  # tokens, masked included
+        self._device = keep.device
         c = loss_stats.centred if loss_stats is not None else None
-        if c is None or c.scope != "micro_batch":
-            c = centred(batch, "micro_batch")  # statistics are per micro-batch
-        keep = batch.keep.view(-1)  # N; 0/1 weights: float arithmetic instead of masking
-        self._numel += keep.numel()
+        if c is None or c.scope != "micro_batch":  # statistics are per micro-batch
+            c = centred(batch, "micro_batch", out=(self._scratch(5, N), self._scratch(6, N)))
+        self._numel += N
         denom = c.n.clamp(min=1)
-        zero_i = torch.zeros((), dtype=torch.int64, device=keep.device)
-        zero_f = torch.zeros((), dtype=torch.float32, device=keep.device)
+        zero_i, zero_f = self._zeros(keep.device)
 
         # Moments around this micro-batch's means (merged exactly in `unpack`).
-        adv_dev = (batch.advantages.view(-1).float() - c.adv_mean).mul_(keep)  # N
-        cov = c.cov.view(-1)  # N, 0 at masked tokens
+        adv_dev = c.adv_dev
+        if adv_dev is None:
+            adv_dev = (batch.advantages.float() - c.adv_mean).mul_(batch.keep)
+        adv_dev = adv_dev.reshape(-1)  # N, 0 at masked tokens
+        cov = c.cov.reshape(-1)  # N, 0 at masked tokens
         cov_mean = cov.sum() / denom
-        cov_dev = (cov - cov_mean).mul_(keep)  # N
-        score = (keep - 1.0).mul_(-_LOWEST).add_(cov)  # N; masked tokens at the lowest float
+        cov_dev = torch.sub(cov, cov_mean, out=self._scratch(0, N)).mul_(keep)  # N
+        score = c.score  # N; masked tokens at the lowest float
+        if score is None:
+            score = torch.sub(keep, 1.0, out=self._scratch(1, N)).mul_(-_LOWEST).add_(cov)
         counts = dict.fromkeys(_COUNTS, zero_i)
         values = dict.fromkeys(_VALUES, zero_f)
         counts["tokens"] = c.n
@@ -134,15 +146,25 @@ class StepAccumulator:
         values["adv_m2"] = adv_dev.dot(adv_dev)
         values["cov_mean"] = cov_mean
         values["cov_m2"] = cov_dev.dot(cov_dev)
-        values["cov_max"] = score.amax()
-        self._count("_cov_counts", cov, COVARIANCE_LAYOUT)
 
+        # The histograms: masked entries are exactly 0 in both; `unpack` takes them out of
+        # the zero buckets. Both in one counting pass when there is an entropy.
+        scratch = [self._scratch(i, N) for i in (2, 3, 4, 7)]
         if entropy is not None:
-            ent = torch.where(batch.valid, entropy.detach().float(), 0.0).view(-1)  # N
+            ent = zero_masked(entropy.detach().float(), batch, out=self._scratch(0, N))
+            ent = ent.reshape(-1)  # N
             counts["ent_tokens"] = c.n
-            self._entropy_numel += keep.numel()
+            self._entropy_numel += N
             values["ent_sum"] = ent.sum()
-            self._count("_entropy_counts", ent, ENTROPY_LAYOUT)
+            ent_counts, cov_counts = bucket_counts_paired(
+                ent, ENTROPY_LAYOUT, cov, COVARIANCE_LAYOUT, scratch=scratch
+            )
+            hist = torch.cat([ent_counts, cov_counts])
+        else:
+            cov_counts = bucket_counts_unmasked(cov, COVARIANCE_LAYOUT, scratch=scratch[1:])
+            hist = torch.cat([cov_counts.new_zeros(_COV_AT), cov_counts])
+        self._counts = hist if self._counts is None else self._counts.add_(hist)
+
         if loss is not None:
             counts["loss_tokens"] = c.n
             values["loss"] = loss.detach().float()
@@ -159,20 +181,36 @@ class StepAccumulator:
             abs_lr = (batch.log_prob.detach() - batch.old_log_prob).abs().sum()
             counts["stat_tokens"] = c.n
             values["abs_lr_mean"] = abs_lr.float() / denom
-        row = torch.cat(
-            [
-                torch.stack([counts[k] for k in _COUNTS]).double(),
-                torch.stack([values[k].float() for k in _VALUES]).double(),
-            ]
-        )
-        self._rows.append(row)
-        self._update_top(score, log_prob, advantages, entropy, token_ids)
+        # The largest score is the first of the top tokens: no pass of its own.
+        values["cov_max"] = self._update_top(score, log_prob, advantages, entropy, token_ids)
+        self._count_rows.append(torch.stack([counts[k] for k in _COUNTS]))
+        self._value_rows.append(torch.stack([values[k].float() for k in _VALUES]))
 
-    def _count(self, name: str, values: Tensor, layout: str) -> None:
-        # Masked entries are exactly 0 here; `unpack` takes them out of the zero bucket.
-        counts = bucket_counts_unmasked(values, layout)
-        total = getattr(self, name)
-        setattr(self, name, counts if total is None else total.add_(counts))
+    def _zeros(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """0-d int64 and float32 zeros on `device`, made once (never written to)."""
+        zeros = self._zero_cache.get(device)
+        if zeros is None:
+            zeros = self._zero_cache[device] = (
+                torch.zeros((), dtype=torch.int64, device=device),
+                torch.zeros((), dtype=torch.float32, device=device),
+            )
+        return zeros
+
+    def _scratch(self, slot: int, numel: int) -> Tensor:
+        """A 1-D float32 buffer of `numel` entries on the accumulator's CPU. On CPU it is kept
+        from one call to the next: there a fresh buffer of a million tokens costs about as much
+        in page faults as the pass that fills it. Each slot holds one temporary of `add` at a
+        time (0: deviations, then entropy; 1: score; 2-4, 7: histogram work; 5, 6: centring);
+        nothing kept beyond `add` points into them. Other devices get a fresh buffer (CUDA's
+        caching allocator already reuses memory)."""
+        if self._device.type != "cpu":
+            return torch.empty(numel, dtype=torch.float32, device=self._device)
+        buffers = self._buffers
+        while len(buffers) <= slot:
+            buffers.append(torch.empty(0))
+        if buffers[slot].numel() < numel:
+            buffers[slot] = torch.empty(numel, dtype=torch.float32)
+        return buffers[slot][:numel]
 
     def _update_top(
         self,
@@ -181,42 +219,44 @@ class StepAccumulator:
         advantages: Tensor,
         entropy: Tensor | None,
         token_ids: Tensor | None,
-    ) -> None:
+    ) -> Tensor:
         """Keep the highest-covariance tokens seen so far: enough for the top-fraction
-        statistic over every token seen (a bound known on the host) and for the top tokens."""
+        statistic over every token seen (a bound known on the host) and for the top tokens.
+        Returns the largest score of this micro-batch (0-d)."""
         T = log_prob.shape[1]  # positions
         k = max(self.top_tokens, static_budget(self.top_fraction, self._numel), 1)
-        idx = torch.topk(score, min(k, score.numel()), sorted=False).indices  # k'
-        nan = torch.full_like(score[idx], math.nan)
-        columns = [
-            score[idx],
-            log_prob.detach().reshape(-1)[idx].float(),
-            advantages.detach().reshape(-1)[idx].float(),
-            nan if entropy is None else entropy.detach().reshape(-1)[idx].float(),
-            nan if token_ids is None else token_ids.reshape(-1)[idx].float(),
-            (idx % T).float(),
-        ]
-        top = torch.stack(columns, dim=1).double()  # k', len(_TOP)
+        best, idx = torch.topk(score, min(k, score.numel()), sorted=False)  # k'
+
+        def at_top(t: Tensor | None) -> Tensor:
+            if t is None:
+                return torch.full_like(best, math.nan, dtype=torch.float64)
+            return t.detach().reshape(-1).index_select(0, idx).double()
+
+        columns = [best.double(), at_top(log_prob), at_top(advantages), at_top(entropy)]
+        columns += [at_top(token_ids), (idx % T).double()]
+        top = torch.stack(columns, dim=1)  # k', len(_TOP)
         if self._top is not None:
             top = torch.cat([self._top, top])
         order = torch.topk(top[:, 0], min(k, top.shape[0]), sorted=True).indices
-        self._top = top[order]
+        self._top = top.index_select(0, order)
+        return best.amax()
 
     @torch.no_grad()
     def pack(self) -> PackedStep:
         """Concatenate the step into one flat tensor, start its copy to the host, reset."""
-        if not self._rows or self._cov_counts is None or self._top is None:
+        if not self._count_rows or self._counts is None or self._top is None:
             self.reset()
             return PackedStep(None, _Layout(0, 0, False, None, self.top_fraction, 0, 0))
-        parts = [torch.stack(self._rows).view(-1)]  # M * len(_ROW)
-        if self._entropy_counts is not None:
-            parts.append(self._entropy_counts.double())
-        parts += [self._cov_counts.double(), self._top.reshape(-1)]
-        flat = torch.cat(parts)
+        M = len(self._count_rows)  # micro-batches
+        rows = torch.cat(
+            [torch.stack(self._count_rows).double(), torch.stack(self._value_rows).double()],
+            dim=1,
+        )  # M, len(_ROW)
+        flat = torch.cat([rows.view(-1), self._counts.double(), self._top.view(-1)])
         layout = _Layout(
-            micro_batches=len(self._rows),
+            micro_batches=M,
             top_rows=self._top.shape[0],
-            entropy=self._entropy_counts is not None,
+            entropy=self._entropy_numel > 0,
             loss_mode=self._loss_mode,
             top_fraction=self.top_fraction,
             numel=self._numel,
@@ -285,11 +325,11 @@ class PackedStep:
             ("entropy", ENTROPY_LAYOUT, L.entropy, L.entropy_numel, "ent_tokens"),
             ("covariance", COVARIANCE_LAYOUT, True, L.numel, "tokens"),
         ):
-            if not present:
-                continue
             size = bucket_count(layout) + 1
             counts = values[pos : pos + size]
             pos += size
+            if not present:
+                continue
             # Masked entries were counted as zeros: take them back out.
             counts[bucket_index(layout, 0.0)] -= numel - sum(r[valid] for r in rows)
             histograms[name] = histogram_wire(layout, counts)

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from client.batch import masked_batch
+from client.batch import masked_batch, zero_masked
 from client.covariance import centred, token_covariance
 
 
@@ -58,3 +58,27 @@ def test_gradient_never_flows_through_covariance() -> None:
     lp, adv, mask = batch(4)
     lp.requires_grad_(True)
     assert not token_covariance(lp, adv, mask).requires_grad
+
+
+def test_zero_masked_is_where_bit_for_bit() -> None:
+    lp, adv, mask = batch(4)
+    junk = adv.clone()
+    padding = int((mask == 0).sum())
+    junk[mask == 0] = torch.tensor([math.nan, -math.inf, math.inf, -0.0]).repeat(padding)[:padding]
+    junk[0, 0] = -math.nan  # a NaN at a valid token keeps its bits
+    b = masked_batch(lp, None, adv, mask)
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}
+    for x in (junk, junk.double(), junk.clone().requires_grad_()):
+        got, want = zero_masked(x, b).detach(), torch.where(mask > 0, x.detach(), 0.0)
+        assert torch.equal(got.view(bits[x.dtype]), want.view(bits[x.dtype]))
+    assert zero_masked(junk.clone().requires_grad_(), b).requires_grad  # the `where` fallback
+
+
+def test_centred_into_buffers_is_centred() -> None:
+    lp, adv, mask = batch(5)
+    b = masked_batch(lp, None, adv, mask)
+    buffers = (torch.empty(lp.numel()), torch.empty(lp.numel()))
+    into, fresh = centred(b, out=buffers), centred(b)
+    assert into.cov.data_ptr() == buffers[1].data_ptr()
+    for x, y in zip(into, fresh, strict=True):
+        assert x == y if isinstance(x, str) or x is None else torch.equal(x, y)

@@ -9,11 +9,18 @@ from hypothesis import strategies as st
 
 from client.histograms import (
     bucket_counts,
+    bucket_counts_paired,
     bucket_counts_unmasked,
     bucket_indices,
     histogram_wire,
 )
-from monitor.layouts import LAYOUTS, bucket_count, bucket_index
+from monitor.layouts import (
+    COVARIANCE_LAYOUT,
+    ENTROPY_LAYOUT,
+    LAYOUTS,
+    bucket_count,
+    bucket_index,
+)
 from monitor.merge import merge_counts
 
 
@@ -62,6 +69,39 @@ def test_matches_binary_search_on_heavy_tailed_values(layout: str) -> None:
     x = torch.randn(200_000, generator=g) * torch.exp(torch.randn(200_000, generator=g) * 5)
     want = torch.bucketize(x.double(), torch.tensor(LAYOUTS[layout], dtype=torch.float64))
     assert torch.equal(bucket_indices(x, layout), want)
+
+
+def binary_search(x: torch.Tensor, layout: str) -> torch.Tensor:
+    bounds = torch.tensor(LAYOUTS[layout], dtype=torch.float64)
+    return torch.bucketize(x.double(), bounds).masked_fill_(x.isnan(), len(bounds) + 1)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_float32_bits_match_binary_search_on_every_exponent_and_near_every_bound(
+    layout: str,
+) -> None:
+    # float32 values are bucketed from their bits (a piecewise-linear log2 and a correction):
+    # random bit patterns cover every exponent, both signs, subnormals, inf and NaN payloads;
+    # then the 200 float32 neighbours on each side of every bound.
+    g = torch.Generator().manual_seed(1)
+    bits = torch.randint(-(2**31), 2**31, (400_000,), generator=g, dtype=torch.int64)
+    near = [
+        torch.tensor(b, dtype=torch.float32).view(torch.int32) + torch.arange(-200, 201)
+        for b in LAYOUTS[layout]
+    ]
+    x = torch.cat([bits.to(torch.int32), *near]).view(torch.float32)
+    assert torch.equal(bucket_indices(x, layout), binary_search(x, layout))
+
+
+def test_paired_counts_are_the_two_histograms() -> None:
+    g = torch.Generator().manual_seed(2)
+    ent = torch.rand(5000, generator=g) * 8
+    cov = torch.randn(5000, generator=g) * torch.exp(torch.randn(5000, generator=g) * 4)
+    ent[:3] = torch.tensor([math.nan, math.inf, 0.0])
+    cov[:3] = torch.tensor([-math.inf, math.nan, -0.0])
+    got = bucket_counts_paired(ent, ENTROPY_LAYOUT, cov, COVARIANCE_LAYOUT)
+    assert torch.equal(got[0], bucket_counts_unmasked(ent, ENTROPY_LAYOUT))
+    assert torch.equal(got[1], bucket_counts_unmasked(cov, COVARIANCE_LAYOUT))
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))

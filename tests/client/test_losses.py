@@ -238,3 +238,12 @@ def test_bfloat16_inputs(mode: str) -> None:
     torch.testing.assert_close(got.float(), want.detach(), rtol=0.05, atol=0.02)
     assert grad_of(got, lp16).dtype == torch.bfloat16
     assert int(s.tokens) == int(mask.sum())
+
+
+@pytest.mark.parametrize("mode", ["clip_cov", "kl_cov"])
+def test_selection_count_is_the_number_picked(mode: str) -> None:
+    lp, old, adv, mask = make(21, B=8, T=200)
+    c = Control(loss_mode=mode, clip_cov_lb=0.1, clip_cov_ratio=0.02, kl_cov_ratio=0.02)
+    sel = select_tokens(lp, old, adv, mask, c, scope="micro_batch")
+    assert sel is not None and sel.count is not None
+    assert int(sel.count) == int(sel.picked.sum()) > 0

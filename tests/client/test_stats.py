@@ -225,3 +225,24 @@ def test_pack_resets_and_output_fits_the_wire_schema() -> None:
     assert len(report.top_tokens) == 16
     assert out["user"]["selection_effective_ratio"] == pytest.approx(int(s.budget) / int(s.tokens))
     assert acc.pack().unpack()["stats"] == {}
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "clip_cov", "kl_cov"])
+def test_a_reused_accumulator_gives_what_a_fresh_one_gives(mode: str) -> None:
+    # The accumulator keeps its CPU work buffers from one micro-batch and step to the next;
+    # sizes going up and down must not leak anything from one into another.
+    control = Control(loss_mode=mode, clip_cov_lb=0.1, clip_cov_ratio=0.01)
+    steps = [[make(10, B=8, T=400), make(11, B=2, T=50)], [make(12, B=16, T=300)], [make(13)]]
+    reused = StepAccumulator()
+    for step in steps:
+        outputs = []
+        for acc in (reused, StepAccumulator()):
+            for b in step:
+                lp, old, adv, mask = (
+                    b[k] for k in ("log_prob", "old_log_prob", "advantages", "response_mask")
+                )
+                g = torch.Generator().manual_seed(0)
+                loss, s = policy_loss(lp, old, adv, mask, control, generator=g)
+                add(acc, b, loss=loss, loss_stats=s)
+            outputs.append(acc.pack().unpack())
+        assert outputs[0] == outputs[1]
