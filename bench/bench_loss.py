@@ -103,18 +103,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | int | str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="16384,65536,262144,1048576")
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads; 0 keeps torch's default"
+    )
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # verl's import-time notices are not ours to judge
     results: list[dict[str, float | int | str]] = []
+    # With one thread, this process's CPU time is the work done whatever else the machine
+    # runs; with several, it also counts threads spinning at each op's end, so wall time is
+    # the fairer figure there (and the noisier one on a shared machine).
     print(
-        f"torch {torch.__version__}, {args.threads} thread(s), forward only, best of "
-        f"{args.repeat}, CPU time of this process in ms (wall time in the returned rows)"
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), forward only, best "
+        f"of {args.repeat}, ms: CPU time of this process, then wall time"
     )
     print(
         f"{'N':>9} {'mode':>9} {'verl':>8} {'ours':>8} {'ratio':>6}   "
-        f"{'ours loss only':>14} {'ratio':>6}"
+        f"{'ours loss only':>14} {'ratio':>6}   {'wall: verl':>10} {'ours':>8} {'ratio':>6}"
     )
     for n in (int(s) for s in args.sizes.split(",")):
         batch = make_batch(n)
@@ -148,6 +154,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | int | str]]:
             print(
                 f"{n:>9} {mode:>9} {best['verl']:>8.2f} {best['ours']:>8.2f} "
                 f"{row['cpu_ratio']:>6.2f}   {best['loss']:>14.2f} {row['loss_only_ratio']:>6.2f}"
+                f"   {row['verl_wall_ms']:>10.2f} {row['ours_wall_ms']:>8.2f} "
+                f"{row['wall_ratio']:>6.2f}"
             )
     return results
 

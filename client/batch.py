@@ -37,8 +37,9 @@ def _zero_masked(x: Tensor, valid: Tensor, bits: Tensor | None, out: Tensor | No
     # tokens, none, i.e. +0.0, elsewhere), a plain integer pass about a third of `where`'s time
     # on CPU, whatever x holds (NaN, inf).
     if bits is None or x.dtype != torch.float32 or x.shape != bits.shape or x.requires_grad:
-        zero = torch.zeros((), dtype=x.dtype, device=x.device)
-        return torch.where(valid, x, zero, out=None if out is None else out.view(x.shape))
+        if out is None:
+            return torch.where(valid, x, 0.0)
+        return torch.where(valid, x, x.new_zeros(()), out=out.view(x.shape))
     into = None if out is None else out.view(torch.int32).view(bits.shape)
     return torch.bitwise_and(x.view(torch.int32), bits, out=into).view(torch.float32)
 

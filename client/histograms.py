@@ -145,14 +145,19 @@ def _indices(
     temps: Sequence[Tensor] = (),
 ) -> Tensor:
     """Bucket index (int32) of each value plus `offset`: offset + 0..B-1 for the B buckets of
-    `layout`, offset + B for NaN. Written into `out` (int32, x's shape) when given; `temps`
-    (two buffers of x's dtype and size) spare the temporaries' allocations."""
-    B = bucket_count(layout)  # buckets, the last one +Inf
-    x = x.contiguous()
+    `layout`, offset + B for NaN, in x's shape. Written into `out` (int32, x's size) when
+    given; `temps` (two 1-D buffers of x's dtype and size) spare the temporaries'
+    allocations. Works on 1-D tensors: views cost microseconds, as many as small passes."""
+    shape = x.shape
+    if x.dim() != 1 or not x.is_contiguous():
+        x = x.reshape(-1)
+    N = x.numel()
     if out is None:
-        out = torch.empty(x.shape, dtype=torch.int32, device=x.device)
-    if len(temps) == 2 and all(t.dtype == x.dtype and t.numel() == x.numel() for t in temps):
-        t, t2 = (buf.view(x.shape) for buf in temps)
+        out = torch.empty(N, dtype=torch.int32, device=x.device)
+    elif out.dim() != 1:
+        out = out.view(-1)
+    if len(temps) == 2 and all(b.numel() == N and b.dtype == x.dtype for b in temps):
+        t, t2 = temps
     else:
         t, t2 = torch.empty_like(x), torch.empty_like(x)
     float32 = x.dtype == torch.float32
@@ -161,17 +166,21 @@ def _indices(
         _entropy_from_bits(x, offset, out, t)
     elif layout == COVARIANCE_LAYOUT and float32:
         out.copy_(_covariance_from_bits(x, offset, t2, t))  # exact integers
-    elif layout in _ESTIMATES:
-        t = _ESTIMATES[layout](x, _BIAS - offset, t)
+    else:
+        B = bucket_count(layout)  # buckets, the last one +Inf
+        estimate = _ESTIMATES.get(layout)
+        if estimate is None:  # a layout without a closed form: binary search
+            k = torch.bucketize(x, table[offset : offset + B - 1], out_int32=True)
+            out.copy_(k.masked_fill_(x.isnan(), B).add_(offset))
+            return out.view(shape)
+        t = estimate(x, _BIAS - offset, t)
         out.copy_(t.clamp_(offset, offset + B - 1).nan_to_num_(nan=float(offset + B)))
-    else:  # a layout without a closed form: binary search
-        k = torch.bucketize(x, table[offset : offset + B - 1], out_int32=True)
-        return out.copy_(k.masked_fill_(x.isnan(), B).add_(offset))
     # The estimate is right or one low: +1 where x is above its bucket's upper bound (NaN and
     # +inf compare False against the +Inf slots). The bound and the comparison reuse t's
     # memory; a comparison written as int32 is several times cheaper than one written as bool.
-    torch.index_select(table, 0, out.view(-1), out=t.view(-1))
-    return out.add_(torch.gt(x, t, out=t.view(_SAME_WIDTH_INT[t.dtype])))
+    torch.index_select(table, 0, out, out=t)
+    out.add_(torch.gt(x, t, out=t.view(_SAME_WIDTH_INT[t.dtype])))
+    return out if len(shape) == 1 else out.view(shape)
 
 
 def _as_float(values: Tensor) -> Tensor:
@@ -180,7 +189,8 @@ def _as_float(values: Tensor) -> Tensor:
 
 def _count(k: Tensor, size: int) -> Tensor:
     """Occurrences of 0..size-1 in an integer tensor, int64, without a host sync."""
-    k = k.view(-1)
+    if k.dim() != 1:
+        k = k.view(-1)
     if k.is_cuda:  # bincount sizes its output from k.max(): a host sync on CUDA
         counts = torch.zeros(size, dtype=torch.int64, device=k.device)
         return counts.index_add_(0, k.long(), torch.ones_like(k, dtype=torch.int64))
@@ -216,29 +226,32 @@ def bucket_counts_unmasked(
     x = _as_float(values)
     out, temps = None, scratch[:2]
     if len(scratch) == 3 and scratch[2].numel() == x.numel() and scratch[2].dtype == torch.float32:
-        out = scratch[2].view(torch.int32).view(x.shape)
+        out = scratch[2].view(torch.int32)
     return _count(_indices(x, layout, out=out, temps=temps), bucket_count(layout) + 1)
 
 
 @torch.no_grad()
-def bucket_counts_paired(
+def bucket_counts_joint(
     first: Tensor,
     first_layout: str,
     second: Tensor,
     second_layout: str,
     *,
     scratch: Sequence[Tensor] = (),
-) -> tuple[Tensor, Tensor]:
-    """`bucket_counts_unmasked` of two tensors of the same size, from one counting pass over
-    their joint buckets (first * size of second + second): counting is the dearest pass of a
-    histogram, the joint counts are few (65 * 68 for the step's two), and their row and column
-    sums are the two histograms. `scratch`: four 1-D float32 buffers of at least the values'
-    size to work in (two for the indices, two for temporaries) instead of allocating."""
-    x, y = _as_float(first).reshape(-1), _as_float(second).reshape(-1)
+) -> Tensor:
+    """Joint bucket counts (int64) of two tensors of the same size, shape
+    [buckets + 1 of `first_layout`, buckets + 1 of `second_layout`] (NaN last on both axes):
+    its row sums are `bucket_counts_unmasked(first, ...)`, its column sums the second's.
+
+    One counting pass over the joint index (first * size of second + second) instead of one
+    per histogram: counting is the dearest pass of a histogram, and the joint counts are few
+    (65 * 68 for the step's two). `scratch`: four 1-D float32 buffers of the values' size to
+    work in (two for the indices, two for temporaries) instead of allocating."""
+    x, y = _as_float(first), _as_float(second)
     N = x.numel()
-    if len(scratch) == 4 and all(t.numel() >= N and t.dtype == torch.float32 for t in scratch):
-        i, j = (t[:N].view(torch.int32) for t in scratch[:2])
-        temps: Sequence[Tensor] = [t[:N] for t in scratch[2:]]
+    if len(scratch) == 4 and all(t.numel() == N and t.dtype == torch.float32 for t in scratch):
+        i, j = scratch[0].view(torch.int32), scratch[1].view(torch.int32)
+        temps: Sequence[Tensor] = scratch[2:]
     else:
         i, j = (torch.empty(N, dtype=torch.int32, device=x.device) for _ in range(2))
         temps = ()
@@ -246,8 +259,7 @@ def bucket_counts_paired(
     _indices(x, first_layout, out=i, temps=temps)
     _indices(y, second_layout, out=j, temps=temps)
     joint = _count(torch.add(j, i, alpha=size, out=j), (bucket_count(first_layout) + 1) * size)
-    joint = joint.view(-1, size)  # first's buckets, second's buckets
-    return joint.sum(dim=1), joint.sum(dim=0)
+    return joint.view(-1, size)
 
 
 def histogram_wire(layout: str, counts: Sequence[int | float]) -> dict[str, Any]:

@@ -102,7 +102,8 @@ def _terms(
     neg_adv = -batch.advantages
     pg1 = neg_adv * ratio
     pg2 = neg_adv * torch.clamp(ratio, 1 - clip_ratio_low, 1 + clip_ratio_high)
-    clipped = torch.gt(pg2.detach(), pg1.detach(), out=torch.empty_like(pg1, dtype=torch.float32))
+    with torch.no_grad():
+        clipped = torch.gt(pg2, pg1, out=torch.empty_like(pg1, dtype=torch.float32))
     return _Terms(batch, log_ratio, pg1, pg2, clipped)
 
 

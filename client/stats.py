@@ -36,7 +36,7 @@ from torch import Tensor
 
 from client.batch import masked_batch, zero_masked
 from client.covariance import centred
-from client.histograms import bucket_counts_paired, bucket_counts_unmasked, histogram_wire
+from client.histograms import bucket_counts_joint, bucket_counts_unmasked, histogram_wire
 from client.losses import LossStats
 from client.selection import static_budget
 from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count, bucket_index
@@ -53,8 +53,6 @@ _COUNTS = ("tokens", "rows", "ent_tokens", "loss_tokens", "stat_tokens", "candid
 _VALUES = ("lp_mean", "adv_mean", "adv_m2", "cov_mean", "cov_m2", "cov_max", "ent_sum",
            "abs_lr_mean", "loss", "pen_abs_lr_mean", "clip_frac")  # fmt: skip
 _ROW = _COUNTS + _VALUES
-# The step's histograms, one count vector: entropy then covariance (counts then NaN count).
-_COV_AT = bucket_count(ENTROPY_LAYOUT) + 1
 # Columns of the top-token buffer.
 _TOP = ("cov", "logp", "advantage", "entropy", "token_id", "position")
 
@@ -80,7 +78,8 @@ class StepAccumulator:
             raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
         self.top_tokens = top_tokens
         self.top_fraction = top_fraction
-        self._buffers: list[Tensor] = []  # scratch, see `_scratch`
+        self._buffers: dict[int, Tensor] = {}  # scratch, see `_scratch`
+        self._views: dict[tuple[int, int], Tensor] = {}  # (slot, numel) -> its first numel
         self._device = torch.device("cpu")  # of the last micro-batch, for `_scratch`
         self._zero_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self.reset()
@@ -88,7 +87,10 @@ class StepAccumulator:
     def reset(self) -> None:
         self._count_rows: list[Tensor] = []  # per micro-batch: len(_COUNTS) 0-d int64
         self._value_rows: list[Tensor] = []  # per micro-batch: len(_VALUES) 0-d float32
-        self._counts: Tensor | None = None  # entropy then covariance histogram, int64
+        # Histogram counts (int64): entropy x covariance jointly for the micro-batches that
+        # gave an entropy, covariance alone for the others.
+        self._joint: Tensor | None = None
+        self._cov_counts: Tensor | None = None
         self._top: Tensor | None = None  # k, len(_TOP), sorted by cov descending
         self._numel = 0  # tokens seen, masked included (host-side, from the shapes)
         self._entropy_numel = 0  # the same, for micro-batches that gave an entropy
@@ -116,7 +118,7 @@ class StepAccumulator:
         batch = loss_stats.batch if loss_stats is not None else None
         if batch is None:
             batch = masked_batch(log_prob, old_log_prob, advantages, response_mask)
-        keep = batch.keep.reshape(-1)  # N; 0/1 weights: float arithmetic instead of masking
+        keep = batch.keep.view(-1)  # N; 0/1 weights: float arithmetic instead of masking
         N = keep.numel()  # tokens, masked included
         self._device = keep.device
         c = loss_stats.centred if loss_stats is not None else None
@@ -130,8 +132,8 @@ class StepAccumulator:
         adv_dev = c.adv_dev
         if adv_dev is None:
             adv_dev = (batch.advantages.float() - c.adv_mean).mul_(batch.keep)
-        adv_dev = adv_dev.reshape(-1)  # N, 0 at masked tokens
-        cov = c.cov.reshape(-1)  # N, 0 at masked tokens
+        adv_dev = adv_dev.view(-1)  # N, 0 at masked tokens
+        cov = c.cov.view(-1)  # N, 0 at masked tokens
         cov_mean = cov.sum() / denom
         cov_dev = torch.sub(cov, cov_mean, out=self._scratch(0, N)).mul_(keep)  # N
         score = c.score  # N; masked tokens at the lowest float
@@ -148,26 +150,25 @@ class StepAccumulator:
         values["cov_m2"] = cov_dev.dot(cov_dev)
 
         # The histograms: masked entries are exactly 0 in both; `unpack` takes them out of
-        # the zero buckets. Both in one counting pass when there is an entropy.
+        # the zero buckets. With an entropy, one counting pass over their joint buckets.
         scratch = [self._scratch(i, N) for i in (2, 3, 4, 7)]
         if entropy is not None:
             ent = zero_masked(entropy.detach().float(), batch, out=self._scratch(0, N))
-            ent = ent.reshape(-1)  # N
+            ent = ent.view(-1)  # N
             counts["ent_tokens"] = c.n
             self._entropy_numel += N
             values["ent_sum"] = ent.sum()
-            ent_counts, cov_counts = bucket_counts_paired(
+            joint = bucket_counts_joint(
                 ent, ENTROPY_LAYOUT, cov, COVARIANCE_LAYOUT, scratch=scratch
             )
-            hist = torch.cat([ent_counts, cov_counts])
+            self._joint = joint if self._joint is None else self._joint.add_(joint)
         else:
-            cov_counts = bucket_counts_unmasked(cov, COVARIANCE_LAYOUT, scratch=scratch[1:])
-            hist = torch.cat([cov_counts.new_zeros(_COV_AT), cov_counts])
-        self._counts = hist if self._counts is None else self._counts.add_(hist)
+            hist = bucket_counts_unmasked(cov, COVARIANCE_LAYOUT, scratch=scratch[1:])
+            self._cov_counts = hist if self._cov_counts is None else self._cov_counts.add_(hist)
 
         if loss is not None:
             counts["loss_tokens"] = c.n
-            values["loss"] = loss.detach().float()
+            values["loss"] = loss.detach()
         if loss_stats is not None:
             s = loss_stats
             self._loss_mode = s.loss_mode
@@ -184,7 +185,8 @@ class StepAccumulator:
         # The largest score is the first of the top tokens: no pass of its own.
         values["cov_max"] = self._update_top(score, log_prob, advantages, entropy, token_ids)
         self._count_rows.append(torch.stack([counts[k] for k in _COUNTS]))
-        self._value_rows.append(torch.stack([values[k].float() for k in _VALUES]))
+        # float32 (a stack promotes any bfloat16 value, exactly)
+        self._value_rows.append(torch.stack([values[k] for k in _VALUES]))
 
     def _zeros(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """0-d int64 and float32 zeros on `device`, made once (never written to)."""
@@ -205,12 +207,16 @@ class StepAccumulator:
         caching allocator already reuses memory)."""
         if self._device.type != "cpu":
             return torch.empty(numel, dtype=torch.float32, device=self._device)
-        buffers = self._buffers
-        while len(buffers) <= slot:
-            buffers.append(torch.empty(0))
-        if buffers[slot].numel() < numel:
-            buffers[slot] = torch.empty(numel, dtype=torch.float32)
-        return buffers[slot][:numel]
+        view = self._views.get((slot, numel))
+        if view is None:
+            buffer = self._buffers.get(slot)
+            if buffer is None or buffer.numel() < numel:
+                buffer = self._buffers[slot] = torch.empty(numel, dtype=torch.float32)
+                self._views = {key: v for key, v in self._views.items() if key[0] != slot}
+            if len(self._views) > 64:  # many micro-batch sizes: forget the old views
+                self._views.clear()
+            view = self._views[slot, numel] = buffer[:numel]
+        return view
 
     def _update_top(
         self,
@@ -230,7 +236,7 @@ class StepAccumulator:
         def at_top(t: Tensor | None) -> Tensor:
             if t is None:
                 return torch.full_like(best, math.nan, dtype=torch.float64)
-            return t.detach().reshape(-1).index_select(0, idx).double()
+            return t.reshape(-1).index_select(0, idx).double()
 
         columns = [best.double(), at_top(log_prob), at_top(advantages), at_top(entropy)]
         columns += [at_top(token_ids), (idx % T).double()]
@@ -244,7 +250,7 @@ class StepAccumulator:
     @torch.no_grad()
     def pack(self) -> PackedStep:
         """Concatenate the step into one flat tensor, start its copy to the host, reset."""
-        if not self._count_rows or self._counts is None or self._top is None:
+        if not self._count_rows or self._top is None:
             self.reset()
             return PackedStep(None, _Layout(0, 0, False, None, self.top_fraction, 0, 0))
         M = len(self._count_rows)  # micro-batches
@@ -252,7 +258,7 @@ class StepAccumulator:
             [torch.stack(self._count_rows).double(), torch.stack(self._value_rows).double()],
             dim=1,
         )  # M, len(_ROW)
-        flat = torch.cat([rows.view(-1), self._counts.double(), self._top.view(-1)])
+        flat = torch.cat([rows.view(-1), *self._histograms(), self._top.view(-1)])
         layout = _Layout(
             micro_batches=M,
             top_rows=self._top.shape[0],
@@ -271,6 +277,16 @@ class StepAccumulator:
             event.record()
             return PackedStep(host, layout, event)
         return PackedStep(flat.to("cpu"), layout)
+
+    def _histograms(self) -> tuple[Tensor, Tensor]:
+        """The step's entropy and covariance counts (float64; entropy all 0 when none came)."""
+        joint, cov = self._joint, self._cov_counts
+        if joint is None:
+            sizes = (bucket_count(ENTROPY_LAYOUT) + 1, bucket_count(COVARIANCE_LAYOUT) + 1)
+            joint = torch.zeros(sizes, dtype=torch.int64, device=self._device)
+        by_cov = joint.sum(dim=0)
+        cov = by_cov if cov is None else cov.add_(by_cov)
+        return joint.sum(dim=1).double(), cov.double()
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from client.histograms import (
     bucket_counts,
-    bucket_counts_paired,
+    bucket_counts_joint,
     bucket_counts_unmasked,
     bucket_indices,
     histogram_wire,
@@ -93,15 +93,17 @@ def test_float32_bits_match_binary_search_on_every_exponent_and_near_every_bound
     assert torch.equal(bucket_indices(x, layout), binary_search(x, layout))
 
 
-def test_paired_counts_are_the_two_histograms() -> None:
+def test_joint_counts_sum_to_the_two_histograms() -> None:
     g = torch.Generator().manual_seed(2)
     ent = torch.rand(5000, generator=g) * 8
     cov = torch.randn(5000, generator=g) * torch.exp(torch.randn(5000, generator=g) * 4)
     ent[:3] = torch.tensor([math.nan, math.inf, 0.0])
     cov[:3] = torch.tensor([-math.inf, math.nan, -0.0])
-    got = bucket_counts_paired(ent, ENTROPY_LAYOUT, cov, COVARIANCE_LAYOUT)
-    assert torch.equal(got[0], bucket_counts_unmasked(ent, ENTROPY_LAYOUT))
-    assert torch.equal(got[1], bucket_counts_unmasked(cov, COVARIANCE_LAYOUT))
+    joint = bucket_counts_joint(ent, ENTROPY_LAYOUT, cov, COVARIANCE_LAYOUT)
+    assert joint.shape == (bucket_count(ENTROPY_LAYOUT) + 1, bucket_count(COVARIANCE_LAYOUT) + 1)
+    assert torch.equal(joint.sum(dim=1), bucket_counts_unmasked(ent, ENTROPY_LAYOUT))
+    assert torch.equal(joint.sum(dim=0), bucket_counts_unmasked(cov, COVARIANCE_LAYOUT))
+    assert int(joint[-1, 0]) == 1  # the NaN entropy and the -inf covariance: one token
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
