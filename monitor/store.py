@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, cast
 
-from pydantic_core import to_json
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from monitor.merge import merge_counts, merge_stats, merge_user
-from monitor.schemas import AuditEntry, Control, StepPoint, StepReport
+from monitor.report_schema import StepReport, encode
+from monitor.schemas import AuditEntry, Control, StepPoint
 
 RUNS_KEY = "entmon:runs"  # zset run -> last report time; the only key shared across runs
 INGEST_SCRIPT = files("monitor").joinpath("ingest.lua").read_text()
@@ -49,19 +49,20 @@ def _field(step: int, rank: int) -> str:
     return f"{step}:{rank}"
 
 
-# Stored documents are written by pydantic-core in one pass (several times faster than
-# model_dump + json.dumps on the ingest path); non-finite numbers become "NaN", "Infinity" and
-# "-Infinity", which `_load_scalars` and the response models turn back into floats.
-SCALARS = {"step", "rank", "world_size", "time", "control_version", "stats", "user"}
-DETAILS = {"histograms", "top_tokens"}
+# Stored documents are written by msgspec in one pass; non-finite numbers arrive and stay as the
+# strings "NaN", "Infinity" and "-Infinity", which `_load_scalars` and the response models turn
+# back into floats. Defaults are written out, so every document has rank, world_size, stats, user.
+def _scalars_doc(r: StepReport) -> bytes:
+    doc: dict[str, Any] = {"step": r.step, "rank": r.rank, "world_size": r.world_size}
+    if r.time is not None:
+        doc["time"] = r.time
+    if r.control_version is not None:
+        doc["control_version"] = r.control_version
+    return encode(doc | {"stats": r.stats, "user": r.user})
 
 
-def _scalars_doc(report: StepReport) -> bytes:
-    return to_json(report, include=SCALARS, exclude_none=True)
-
-
-def _details_doc(report: StepReport) -> bytes:
-    return to_json(report, include=DETAILS, exclude_none=True)
+def _details_doc(r: StepReport) -> bytes:
+    return encode({"histograms": r.histograms, "top_tokens": r.top_tokens})
 
 
 def _load_scalars(raw: str) -> dict[str, Any]:
