@@ -1,8 +1,10 @@
 -- Store a batch of step reports of one run atomically and idempotently per (rank, step).
--- KEYS: 1 index (zset step:rank -> step), 2 scalars (hash), 3 details (hash), 4 meta (hash)
+-- KEYS: 1 index (zset step:rank -> step), 2 scalars (hash), 3 details (hash), 4 meta (hash),
+--   5 control (string, read only)
 -- ARGV: 1 now, 2 retention_steps, then 8 per report:
 --   field ("step:rank"), step, scalars JSON, details JSON, tokens, detached, penalised, drops
--- Returns one flag per report: 1 stored, 0 duplicate (already stored, left untouched).
+-- Returns {flags, control}: one flag per report (1 stored, 0 duplicate: already stored, left
+-- untouched) and the run's control JSON (nil: defaults), so a request is one command.
 local index, scalars, details, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, retention = ARGV[1], tonumber(ARGV[2])
 local flags = {}
@@ -48,4 +50,5 @@ if last ~= nil then
     redis.call('ZREM', index, unpack(old))
   end
 end
-return flags
+-- false, not nil: a nil would end the table and drop the reply's second element
+return {flags, redis.call('GET', KEYS[5]) or false}

@@ -21,6 +21,9 @@ RUNS_KEY = "entmon:runs"  # zset run -> last report time; the only key shared ac
 INGEST_SCRIPT = files("monitor").joinpath("ingest.lua").read_text()
 CONTROL_SCRIPT = files("monitor").joinpath("control.lua").read_text()
 SAMPLE_SCRIPT = files("monitor").joinpath("sample.lua").read_text()
+# A run's last-report time in entmon:runs (run listing, stale runs leaving /metrics) is written
+# at most this often by each process: an ingest request is then one Redis command.
+RUNS_REFRESH_S = 1.0
 AUDIT_CAP = 10_000  # audit entries kept per run
 RANK_SCAN_STEPS = 8  # each rank's latest report is looked for in the last 8 steps' reports
 RANK_SCAN_MAX = 4096
@@ -76,12 +79,14 @@ class Store:
     def __init__(self, redis: Redis | RedisCluster, *, retention_steps: int) -> None:
         self.redis = redis
         self.retention_steps = retention_steps
+        self._listed: dict[str, float] = {}  # run -> when this process last wrote entmon:runs
+        self._ingest = redis.register_script(INGEST_SCRIPT)
         self._set_control = redis.register_script(CONTROL_SCRIPT)
         self._sample = redis.register_script(SAMPLE_SCRIPT)
 
     async def ingest(self, run: str, reports: list[StepReport]) -> tuple[list[bool], Control]:
-        """Store reports in one round trip and read the run's control in the same one.
-        Per report True if new, False if (rank, step) was already stored."""
+        """Store reports and read the run's control in one script call: one command per
+        request. Per report True if new, False if (rank, step) was already stored."""
         k = RunKeys.of(run)
         now = time.time()
         args: list[Any] = [now, self.retention_steps]
@@ -89,15 +94,12 @@ class Store:
             s = r.stats
             args += [_field(r.step, r.rank), r.step, _scalars_doc(r), _details_doc(r)]
             args += [s.tokens or 0, s.detached or 0, s.penalised or 0, s.client_drops or 0]
-        keys = [k.index, k.scalars, k.details, k.meta]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            # EVAL, not a registered script: a script in a redis-py pipeline costs a SCRIPT
-            # EXISTS round trip per call, and cluster pipelines refuse EVALSHA. Redis caches
-            # the compiled script by its hash either way.
-            pipe.eval(INGEST_SCRIPT, len(keys), *keys, *args)
-            pipe.zadd(RUNS_KEY, {run: now})
-            pipe.get(k.control)
-            flags, _, control = await pipe.execute()
+        keys = [k.index, k.scalars, k.details, k.meta, k.control]
+        flags, control = await self._ingest(keys, args)
+        if now - self._listed.get(run, -math.inf) >= RUNS_REFRESH_S:
+            # entmon:runs is in another cluster slot than the run's keys, so not in the script
+            await self.redis.zadd(RUNS_KEY, {run: now})
+            self._listed[run] = now
         return [bool(f) for f in flags], _control(control)
 
     # The pool decodes responses (decode_responses=True): every reply below is str.
@@ -256,6 +258,7 @@ class Store:
         k = RunKeys.of(run)
         removed = await self.redis.delete(k.index, k.scalars, k.details, k.meta, k.control, k.audit)
         removed += await self.redis.zrem(RUNS_KEY, run)
+        self._listed.pop(run, None)  # a report after this lists the run again at once
         return bool(removed)
 
     async def histogram_series(
