@@ -48,7 +48,10 @@ class _Wire(BaseModel):
 
 
 class Control(_Wire):
-    """The live knobs of a run (verl names) and their version."""
+    """The live knobs of a run (verl names) and their version. Frozen: the store shares parsed
+    instances between requests."""
+
+    model_config = ConfigDict(frozen=True)
 
     loss_mode: Literal["vanilla", "clip_cov", "kl_cov"] = DEFAULTS["loss_mode"]
     clip_cov_ratio: float = DEFAULTS["clip_cov_ratio"]

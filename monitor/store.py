@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -302,6 +303,7 @@ def _descending(x: float) -> float:
     return -x if not math.isnan(x) else math.inf
 
 
+@functools.lru_cache(maxsize=1024)  # every ingest answers the control, which rarely changes
 def _control(raw: str | None) -> Control:
     return Control.model_validate_json(raw) if raw else Control()
 
