@@ -4,6 +4,7 @@ loads the module."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -392,3 +393,51 @@ def test_the_documented_snippet_runs_and_reports_two_steps(
     exec(compile(block.group(1), str(DOC), "exec"), {})
     assert "actor/entmon_control_version" in capsys.readouterr().out
     assert [s["step"] for s in stored_steps(shared_server.url, "verl-snippet")] == [1, 2]
+
+
+def test_two_fsdp_ranks_apply_a_control_change_at_the_same_step(
+    shared_server: ServerProcess, tmp_path: Path
+) -> None:
+    url, run, steps = shared_server.url, "verl-ddp", 120
+    outs = [tmp_path / f"rank{r}.json" for r in (0, 1)]
+    env = os.environ | {
+        "ENTMON_SPOOL_DIR": str(tmp_path / "spool"),
+        "ENTMON_RUN": run,
+        "ENTMON_URL": url,
+    }
+    worker = [sys.executable, "-m", "tests.client.integrations.verl_rank_worker"]
+    procs = [
+        subprocess.Popen(
+            [*worker, str(r), "2", str(tmp_path / "init"), str(steps), str(outs[r])],
+            cwd=ROOT,
+            env=env,
+        )
+        for r in (0, 1)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            r = httpx.get(f"{url}/v1/runs/{run}")
+            if r.status_code == 200 and (r.json()["last_step"] or 0) >= 20:
+                break
+            time.sleep(0.1)
+        put_control(url, run, 0, loss_mode="kl_cov", kl_cov_ratio=0.1)
+        codes = [p.wait(180) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [0, 0]
+    results = [json.loads(out.read_text()) for out in outs]
+    assert [(r["rank"], r["world_size"]) for r in results] == [(0, 2), (1, 2)]
+    used = [r["used"] for r in results]
+    assert used[0] == used[1]  # the same version in every micro-batch on both ranks
+    per_step = used[0][::2]
+    assert used[0][1::2] == per_step  # and never within a step
+    switch = per_step.index(1)
+    assert switch >= 20 and per_step == [0] * switch + [1] * (steps - switch)
+    stored = stored_steps(url, run)
+    assert [s["step"] for s in stored] == list(range(1, steps + 1))
+    assert [s["ranks"] for s in stored] == [2] * steps
+    assert [s["control_version"] for s in stored] == per_step
+    assert all((s["stats"].get("penalised") or 0) > 0 for s in stored[switch:])
