@@ -217,5 +217,8 @@ def compute_policy_loss_entmon(
         log_prob, old_log_prob, advantages, response_mask, aggregate=aggregate
     )
     metrics = _verl_metrics(control, stats)
-    binding.after_micro_batch(log_prob.shape[0], batch_info)
+    try:
+        binding.after_micro_batch(log_prob.shape[0], batch_info)
+    except Exception as e:  # step bookkeeping is monitoring: never worth a crashed update
+        _log_once("verl_step", f"loss_mode={LOSS_MODE}: step not closed: {e!r}")
     return loss, metrics
