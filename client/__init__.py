@@ -13,6 +13,7 @@ from client.losses import (
     clip_cov_loss,
     kl_cov_loss,
     policy_loss,
+    policy_token_losses,
     select_tokens,
     vanilla_ppo_loss,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "kl_cov_loss",
     "masked_batch",
     "policy_loss",
+    "policy_token_losses",
     "replay_file",
     "select_tokens",
     "token_covariance",

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,7 +31,7 @@ from client.control import Control
 from client.control_sync import ControlSync
 from client.handoff import FinishedStep
 from client.log_once import LogOnce
-from client.losses import policy_loss
+from client.losses import policy_token_losses
 from client.report import build_report
 from client.reporter import Reporter, ReporterConfig
 from client.spool import Spool, default_spool_dir, spool_path
@@ -125,10 +126,21 @@ class Monitor:
         response_mask: torch.Tensor,
         entropy: torch.Tensor | None = None,
         token_ids: torch.Tensor | None = None,
+        *,
+        aggregate: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The policy loss of one micro-batch under this step's control, and its statistics as
-        device tensors (no host sync). The step's statistics accumulate until `log`."""
-        loss, stats = policy_loss(log_prob, old_log_prob, advantages, response_mask, self.control)
+        device tensors (no host sync). The step's statistics accumulate until `log`.
+
+        `aggregate` turns the per-token losses ([batch, response_len], 0 at masked tokens) into
+        the returned loss, for a trainer's own aggregation (verl's `loss_agg_mode`); by default
+        their token mean. The step's `loss` statistic is the token mean either way.
+        """
+        per_token, stats = policy_token_losses(
+            log_prob, old_log_prob, advantages, response_mask, self.control
+        )
+        token_mean = per_token.sum() / stats.tokens.clamp(min=1)
+        loss = token_mean if aggregate is None else aggregate(per_token)
         try:
             if self._accumulator is None:
                 self._accumulator = StepAccumulator()
@@ -139,7 +151,7 @@ class Monitor:
                 advantages,
                 response_mask,
                 entropy=entropy,
-                loss=loss,
+                loss=token_mean,
                 loss_stats=stats,
                 token_ids=token_ids,
             )

@@ -52,6 +52,29 @@ def test_the_loss_is_the_one_the_current_control_names() -> None:
     assert info["penalised"].item() == 0 and mon.control.loss_mode == "vanilla"
 
 
+def test_an_aggregate_makes_the_loss_and_the_statistic_stays_the_token_mean(
+    shared_server: ServerProcess,
+) -> None:
+    mb = micro_batch(4)
+    inputs = {k: v for k, v in mb.items() if k not in ("entropy", "token_ids")}
+    seen: list[torch.Tensor] = []
+
+    def token_sum(per_token: torch.Tensor) -> torch.Tensor:
+        seen.append(per_token)
+        return per_token.sum()
+
+    with Monitor(run="aggregate", url=shared_server.url, config=FAST) as mon:
+        loss, _ = mon.policy_loss(**inputs, aggregate=token_sum)
+        mean, _ = policy_loss(**inputs, control=mon.control)
+        mon.log(0)
+    (per_token,) = seen
+    assert per_token.shape == inputs["log_prob"].shape
+    tokens = inputs["response_mask"].sum()
+    torch.testing.assert_close(loss, mean * tokens)
+    (step,) = stored_steps(shared_server.url, "aggregate")
+    assert step["stats"]["policy_loss"] == pytest.approx(float(mean), rel=1e-6)
+
+
 def test_a_step_without_policy_loss_reports_only_its_scalars(shared_server: ServerProcess) -> None:
     with Monitor(run="scalars", url=shared_server.url, config=FAST) as mon:
         mon.policy_loss(**micro_batch(3))
