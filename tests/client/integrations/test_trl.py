@@ -150,10 +150,13 @@ def test_every_step_reports_and_a_control_change_mid_run_applies_at_a_step_bound
         server.url, run, loss_mode="clip_cov", clip_cov_ratio=0.5, clip_cov_lb=-1e3, clip_cov_ub=1e3
     )
     switch = SwitchToKLCov(server.url, run, at)
+    # Two micro-batches of 2 completions per optimizer step, one rollout of 4 per 2 steps.
+    args = grpo_config(
+        tmp_path, max_steps=steps, per_device_train_batch_size=2, gradient_accumulation_steps=2
+    )
     trainer = EntmonGRPOTrainer(
-        model=tiny_model(), reward_funcs=count_w7, args=grpo_config(tmp_path, max_steps=steps),
-        train_dataset=prompts(), processing_class=tiny_tokenizer(), callbacks=[switch],
-        run=run, monitor_url=server.url,
+        model=tiny_model(), reward_funcs=count_w7, args=args, train_dataset=prompts(),
+        processing_class=tiny_tokenizer(), callbacks=[switch], run=run, monitor_url=server.url,
     )  # fmt: skip
     trainer.train()
     assert not reporter_threads()  # train() closed the monitor it created, thread and all
@@ -183,6 +186,8 @@ def test_every_step_reports_and_a_control_change_mid_run_applies_at_a_step_bound
                 assert stats["penalised_abs_log_ratio_mean"] > 0
         else:  # vanilla
             assert stats.get("detached", 0) == stats.get("penalised", 0) == 0
+    # a micro-batch holds at most 2 x 8 tokens: a report of more adds both of its step's
+    assert any(stored[s]["stats"]["tokens"] > 16 for s in stored)
     top = httpx.get(f"{server.url}/v1/runs/{run}/top_tokens").json()["tokens"]
     assert top and all(t["text"] in WORDS for t in top)  # decoded with the trainer's tokenizer
 
