@@ -1,2 +1,3 @@
-"""Integrations with training frameworks, one module each, each behind its own extra
-(`pip install "entmon[verl]"`). Nothing here is imported by `client` itself."""
+"""Trainer integrations, one module per framework, each behind its own extra:
+`client.integrations.trl` (`pip install "entmon[trl]"`) and `client.integrations.verl`
+(`pip install "entmon[verl]"`). Importing this package imports no framework."""
