@@ -5,14 +5,15 @@
                                 train_dataset=..., run="qwen-grpo", monitor_url="http://127.0.0.1:8000")
     trainer.train()  # one report per optimizer step; the live control applies from the next step
 
-Each micro-batch's loss is `Monitor.policy_loss` on the per-token log-probs and entropies TRL
-already computes (since 1.15 TRL never builds the full logits: its fused LM head returns both), so
-the control, Clip-Cov / KL-Cov and the statistics are exactly entmon's (client/losses.py). The
-loss is therefore entmon's vanilla / Clip-Cov / KL-Cov whatever `loss_type` says: token-mean over
-the micro-batch (TRL's "bnpo" aggregation), divided by the accumulation steps like TRL's own, with
-the PPO clip ratios of the run's control, not `epsilon` / `epsilon_high`. TRL's KL to a reference
-(`beta`) and the MoE router loss are added as TRL adds them; options that change the policy loss
-in ways entmon does not implement are refused at construction (`TrlConfigError`).
+Each micro-batch's per-token losses are `Monitor.policy_loss`'s on the per-token log-probs and
+entropies TRL already computes (since 1.15 TRL never builds the full logits: its fused LM head
+returns both), so the control, Clip-Cov / KL-Cov and the statistics are exactly entmon's
+(client/losses.py), with the PPO clip ratios of the run's control, not `epsilon` /
+`epsilon_high`. They are aggregated as TRL 1.16 aggregates its `loss_type` ("dapo", "bnpo",
+"grpo", "dr_grpo"; `aggregation`), scaled for gradient accumulation as TRL scales it. TRL's KL
+to a reference (`beta`, added per token before that aggregation) and the MoE router loss are
+added as TRL adds them; options that change the policy loss in ways entmon does not implement
+are refused at construction (`TrlConfigError`).
 
 Overridden, and nothing else: `_compute_loss` (the loss), `_generate_and_score_completions` (only
 to read the reward TRL just computed) and `train` (closes a Monitor the trainer created). These
@@ -22,6 +23,7 @@ Warnings go to the client's logger ("client"), each kind once, on rank 0 only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -29,7 +31,7 @@ from torch import Tensor
 
 from client.errors import EntmonError
 from client.log_once import LogOnce
-from client.losses import policy_loss
+from client.losses import policy_token_losses
 from client.monitor import Monitor
 
 try:
@@ -47,12 +49,14 @@ __all__ = [
     "SUPPORTED_TRL",
     "EntmonGRPOTrainer",
     "TrlConfigError",
+    "aggregation",
     "kl_to_reference",
     "unsupported_options",
 ]
 
 SUPPORTED_TRL = (Version("1.16"), Version("1.17"))  # [low, high): pyproject's `trl` extra
-_PPO_CLIP_LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo")  # clipped-ratio objectives
+# TRL's clipped-ratio objectives whose aggregation `aggregation` reproduces.
+_PPO_CLIP_LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo")
 # Inputs TRL's forward takes from the batch besides ids and masks (multimodal models).
 _MODEL_INPUTS = (
     "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
@@ -72,7 +76,7 @@ def unsupported_options(args: Any) -> list[str]:
     if args.loss_type not in _PPO_CLIP_LOSS_TYPES:
         problems.append(
             f"loss_type={args.loss_type!r}: entmon's loss is the PPO-clipped one (set one of "
-            f"{', '.join(_PPO_CLIP_LOSS_TYPES)}; all are computed as token-mean per micro-batch)"
+            f"{', '.join(_PPO_CLIP_LOSS_TYPES)})"
         )
     if args.importance_sampling_level != "token":
         problems.append("importance_sampling_level: entmon's loss is per token (set 'token')")
@@ -95,6 +99,42 @@ def unsupported_options(args: Any) -> list[str]:
     return problems
 
 
+def aggregation(
+    loss_type: str,
+    mask: Tensor,
+    *,
+    accumulation: float,
+    max_completion_length: int | None,
+    window_tokens: Tensor | None = None,
+) -> Callable[[Tensor], Tensor]:
+    """TRL 1.16's aggregation for `loss_type`: per-token losses [B, T], 0 at masked tokens ->
+    the micro-batch's loss, scaled for gradient accumulation as TRL scales it.
+
+    "bnpo": token mean of the micro-batch; "grpo": mean over completions of each one's token
+    mean; "dr_grpo": sum / (B * max_completion_length); each divided by `accumulation` (TRL's
+    `current_gradient_accumulation_steps` in training, 1 in evaluation). "dapo": sum /
+    `window_tokens`, TRL's estimate of one process's valid tokens in the whole accumulation
+    window (it already spans the window: no further division).
+    """
+    B = mask.shape[0]  # completions in the micro-batch
+    if loss_type == "dapo":
+        if window_tokens is None:
+            raise ValueError('loss_type "dapo" needs window_tokens')
+        return lambda per_token: per_token.sum() / window_tokens
+    if loss_type == "bnpo":
+        tokens = mask.sum().clamp(min=1)
+        return lambda per_token: per_token.sum() / tokens / accumulation
+    if loss_type == "grpo":
+        lengths = mask.sum(-1).clamp(min=1)  # B
+        return lambda per_token: (per_token.sum(-1) / lengths).mean() / accumulation
+    if loss_type == "dr_grpo":  # a constant normaliser: no length bias
+        if max_completion_length is None:
+            raise ValueError('loss_type "dr_grpo" needs max_completion_length')
+        constant = B * max_completion_length
+        return lambda per_token: per_token.sum() / constant / accumulation
+    raise ValueError(f"no aggregation for loss_type {loss_type!r}")
+
+
 def kl_to_reference(
     log_prob: Tensor,
     ref_log_prob: Tensor,
@@ -102,16 +142,20 @@ def kl_to_reference(
     mask: Tensor,
     *,
     bias_corrected: bool,
+    aggregate: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """TRL's `beta` term: the k3 estimate exp(r - l) - (r - l) - 1 of KL(pi || ref), token-mean
-    over the micro-batch (the same aggregation as the policy loss), optionally weighted by the
-    ratio pi / pi_old (TRL's `use_bias_correction_kl`)."""
+    """TRL's `beta` term: the k3 estimate exp(r - l) - (r - l) - 1 of KL(pi || ref), optionally
+    weighted by the ratio pi / pi_old (TRL's `use_bias_correction_kl`), aggregated by
+    `aggregate` (the policy loss's, as TRL adds it per token before aggregating; default the
+    token mean over the micro-batch)."""
     valid = mask > 0  # B, T
     d = torch.where(valid, ref_log_prob - log_prob, 0.0)  # B, T; 0 at padding
     kl = torch.exp(d) - d - 1  # B, T; exactly 0 at padding
     if bias_corrected:
         kl = kl * torch.exp(torch.where(valid, log_prob - old_log_prob, 0.0))
-    return kl.sum() / valid.sum().clamp(min=1)
+    if aggregate is None:
+        return kl.sum() / valid.sum().clamp(min=1)
+    return aggregate(kl)
 
 
 class _StepReporter(TrainerCallback):
@@ -210,6 +254,7 @@ class EntmonGRPOTrainer(GRPOTrainer):
             advantages = advantages.unsqueeze(1)
         advantages = advantages.expand(B, T)  # the completion's advantage on each of its tokens
         training = self._training()
+        aggregate = self._aggregation(inputs, mask, training)
         control = self.monitor.control
         if training:
             if old is None and control.loss_mode == "kl_cov":
@@ -219,18 +264,39 @@ class EntmonGRPOTrainer(GRPOTrainer):
                     "the unclipped policy gradient; set num_iterations > 1",
                 )
             loss, _ = self.monitor.policy_loss(
-                log_prob, old_log_prob, advantages, mask, entropy=entropy, token_ids=completion_ids
-            )
+                log_prob, old_log_prob, advantages, mask, entropy=entropy,
+                token_ids=completion_ids, aggregate=aggregate,
+            )  # fmt: skip
         else:  # evaluation: the same loss, kept out of the training step's statistics
-            loss, _ = policy_loss(log_prob, old_log_prob, advantages, mask, control)
+            per_token, _ = policy_token_losses(log_prob, old_log_prob, advantages, mask, control)
+            loss = aggregate(per_token)
         if self.beta != 0.0:
             loss = loss + self.beta * kl_to_reference(
                 log_prob, inputs["ref_per_token_logps"], old_log_prob, mask,
                 bias_corrected=cast(GRPOConfig, self.args).use_bias_correction_kl,
+                aggregate=aggregate,
             )  # fmt: skip
-        # HF's own scaling for accumulation is off in GRPOTrainer: scale as its loss types do.
-        accumulation = self.current_gradient_accumulation_steps if training else 1
-        loss = loss / accumulation
-        if self.aux_loss_enabled:
+        if self.aux_loss_enabled:  # HF's own scaling for accumulation is off in GRPOTrainer
+            accumulation = self.current_gradient_accumulation_steps if training else 1
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
         return loss
+
+    def _aggregation(
+        self, inputs: dict[str, Any], mask: Tensor, training: bool
+    ) -> Callable[[Tensor], Tensor]:
+        """`aggregation` with this micro-batch's normalisers, taken as TRL's `_compute_loss`
+        takes them."""
+        args = cast(GRPOConfig, self.args)
+        accumulation = self.current_gradient_accumulation_steps if training else 1
+        window_tokens = None
+        if args.loss_type == "dapo":
+            # `num_items_in_batch`: valid tokens of the generation batch, summed over processes;
+            # a generation batch spans steps_per_generation micro-batches.
+            generation_tokens = inputs["num_items_in_batch"].clamp(min=1.0)
+            window_tokens = generation_tokens / self.accelerator.num_processes
+            if training:  # in evaluation the batch is neither split nor accumulated
+                window_tokens = window_tokens * accumulation / args.steps_per_generation
+        return aggregation(
+            args.loss_type, mask, accumulation=accumulation,
+            max_completion_length=self.max_completion_length, window_tokens=window_tokens,
+        )  # fmt: skip

@@ -34,6 +34,7 @@ from client import Control, Monitor
 from client.integrations.trl import (
     EntmonGRPOTrainer,
     TrlConfigError,
+    aggregation,
     kl_to_reference,
     unsupported_options,
 )
@@ -202,15 +203,19 @@ def monitor(tmp_path: Path) -> Iterator[Monitor]:
 
 
 def trainers(
-    tmp_path: Path, monitor: Monitor, **config: Any
+    tmp_path: Path, monitor: Monitor, loss_type: str = "bnpo", **config: Any
 ) -> tuple[EntmonGRPOTrainer, GRPOTrainer]:
-    """Ours and TRL's "bnpo" (token-mean per micro-batch) on the same weights and config."""
+    """Ours and TRL's on the same weights and config, in training with two micro-batches per
+    optimizer step and a generation batch of four micro-batches (TRL's "dapo" normaliser)."""
     model: Qwen2ForCausalLM | str = tiny_model()
     if config.get("beta"):  # TRL loads the reference model from the policy's path
         assert isinstance(model, Qwen2ForCausalLM)
         model.save_pretrained(tmp_path / "tiny")
         model = str(tmp_path / "tiny")
-    args = grpo_config(tmp_path, loss_type="bnpo", **config)
+    args = grpo_config(
+        tmp_path, loss_type=loss_type, gradient_accumulation_steps=2, steps_per_generation=4,
+        **config,
+    )  # fmt: skip
     kwargs: dict[str, Any] = dict(
         model=model, reward_funcs=count_w7, train_dataset=prompts(),
         processing_class=tiny_tokenizer(), args=args,
@@ -235,7 +240,10 @@ def micro_batch(trainer: GRPOTrainer, *, off_policy: bool) -> dict[str, Any]:
             completion_mask == 0, PAD
         ),
         "completion_mask": completion_mask,
-        "advantages": torch.tensor([1.0, -0.5, 0.8, -1.3]),
+        "advantages": torch.tensor([1.0, -0.5, 0.8, -1.1]),  # not summing to 0 (grpo on-policy)
+        # valid tokens of the generation batch (4 micro-batches), summed over processes; this
+        # one holds 18
+        "num_items_in_batch": torch.tensor(77),
     }
     if off_policy:  # old log-probs a little off, so some ratios leave [0.8, 1.2]
         logps = logprobs(trainer, inputs)
@@ -258,20 +266,27 @@ def grads(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
+@pytest.mark.parametrize("loss_type", ["dapo", "bnpo", "grpo", "dr_grpo"])
 @pytest.mark.parametrize(
-    ("off_policy", "config"),
+    ("off_policy", "config", "training"),
     [
-        (False, {}),
-        (True, {}),
+        (False, {}, True),
+        (True, {}, True),
         # TRL's KL to the reference model, with and without its importance weight (default on)
-        (False, {"beta": 0.04}),
-        (True, {"beta": 0.04, "use_bias_correction_kl": False}),
+        (False, {"beta": 0.04}, True),
+        (True, {"beta": 0.04, "use_bias_correction_kl": False}, True),
+        (True, {"beta": 0.04}, False),  # evaluation: no accumulation, the whole batch
     ],
 )
-def test_vanilla_loss_and_gradient_equal_trls_bnpo(
-    tmp_path: Path, monitor: Monitor, off_policy: bool, config: dict[str, Any]
+def test_vanilla_loss_and_gradient_equal_trls_for_each_loss_type(
+    tmp_path: Path,
+    monitor: Monitor,
+    loss_type: str,
+    off_policy: bool,
+    config: dict[str, Any],
+    training: bool,
 ) -> None:
-    ours, theirs = trainers(tmp_path, monitor, **config)
+    ours, theirs = trainers(tmp_path, monitor, loss_type, **config)
     inputs = micro_batch(ours, off_policy=off_policy)
     if config:  # a reference a little off the policy
         g = torch.Generator().manual_seed(2)
@@ -279,14 +294,35 @@ def test_vanilla_loss_and_gradient_equal_trls_bnpo(
         inputs["ref_per_token_logps"] = logprobs(ours, inputs) + noise
     results = []
     for trainer in (ours, theirs):
+        trainer.model.train(training)
         trainer.model.zero_grad()
         loss = trainer._compute_loss(trainer.model, inputs)
         loss.backward()
         results.append((loss.detach(), grads(trainer.model)))
     (loss, grad), (ref_loss, ref_grad) = results
-    assert loss.item() != 0.0
+    assert loss.item() != 0.0 and torch.count_nonzero(grad) > 0
     torch.testing.assert_close(loss, ref_loss)
     torch.testing.assert_close(grad, ref_grad)
+
+
+def test_each_loss_type_aggregates_as_trl_does() -> None:
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])  # B, T; 0 at padding
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    knobs: dict[str, Any] = dict(
+        accumulation=2, max_completion_length=4, window_tokens=torch.tensor(5.0)
+    )
+    got = {
+        t: aggregation(t, mask, **knobs)(per_token).item()
+        for t in ("dapo", "bnpo", "grpo", "dr_grpo")
+    }
+    assert got == {
+        "dapo": 10 / 5,  # the window's tokens: accumulation already in them
+        "bnpo": 10 / 4 / 2,  # the micro-batch's tokens
+        "grpo": (6 / 3 + 4 / 1) / 2 / 2,  # each completion's token mean, then their mean
+        "dr_grpo": 10 / (2 * 4) / 2,  # completions x max_completion_length
+    }
+    with pytest.raises(ValueError, match="sapo"):
+        aggregation("sapo", mask, **knobs)
 
 
 def test_clip_cov_on_every_token_zeroes_the_gradient(tmp_path: Path, monitor: Monitor) -> None:
