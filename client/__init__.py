@@ -19,12 +19,14 @@ from client.losses import (
 )
 from client.monitor import Monitor
 from client.replay import ReplayResult, replay_file
+from client.report import DRIVER_RANK
 from client.reporter import ReporterConfig
 from client.selection import Selection
 from client.spool import SpoolError
 from client.stats import PackedStep, StepAccumulator
 
 __all__ = [
+    "DRIVER_RANK",
     "Batch",
     "Centred",
     "Control",

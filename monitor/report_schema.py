@@ -20,7 +20,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
-from monitor.schemas import json_number
+from monitor.schemas import DRIVER_RANK, json_number
 
 MAX_TOP_TOKENS = 64
 MAX_USER_SCALARS = 128
@@ -122,7 +122,16 @@ class StepReport(_Wire):
     """One training step on one rank. Idempotent per (run, rank, step)."""
 
     step: Annotated[int, Meta(ge=0, le=MAX_STEP)]
-    rank: Annotated[int, Meta(ge=0, lt=MAX_RANKS)] = 0
+    rank: Annotated[
+        int,
+        Meta(
+            ge=DRIVER_RANK,
+            lt=MAX_RANKS,
+            description=f"training rank, or {DRIVER_RANK}: the driver, a process that trains "
+            "nothing and reports whole-step values (counted in no rank; its statistics are "
+            "the step's)",
+        ),
+    ] = 0
     world_size: Annotated[int, Meta(ge=1, le=MAX_RANKS)] = 1
     time: Annotated[float, _doc("unix time the client logged the step")] | None = None
     control_version: (

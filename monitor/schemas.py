@@ -30,6 +30,10 @@ RunId = Annotated[str, StringConstraints(pattern=RUN_ID_PATTERN)]
 # cov_max (max). Kept here because the service's merge and the docs both follow it.
 COUNT_STATS = ("tokens", "candidates", "detached", "penalised", "client_drops")
 MAX_STATS = ("cov_max",)
+# The rank of a driver's report: a process that trains nothing and reports whole-step values
+# (verl's trainer: the rollout's entropy, reward, response length). It is no training rank: not
+# counted in a step's `ranks` nor listed among them, its statistics are the step's (merge.py).
+DRIVER_RANK = -1
 
 
 def json_number(value: float | int | None) -> float | int | str | None:
@@ -125,7 +129,8 @@ class StepPoint(_Wire):
     """One step merged over the ranks that reported it."""
 
     step: int
-    ranks: int
+    ranks: int = Field(description="training ranks that reported the step (the driver is none)")
+    driver: bool = Field(False, description="whether the driver's report of the step is in")
     time: float | None = None
     control_version: int | None = None
     stats: dict[str, Stat]

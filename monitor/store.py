@@ -14,9 +14,9 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from monitor.merge import merge_counts, merge_stats, merge_user
+from monitor.merge import merge_counts, merge_stats, merge_user, with_driver
 from monitor.report_schema import StepReport, encode
-from monitor.schemas import AuditEntry, Control, StepPoint
+from monitor.schemas import DRIVER_RANK, AuditEntry, Control, StepPoint
 
 RUNS_KEY = "entmon:runs"  # zset run -> last report time; the only key shared across runs
 INGEST_SCRIPT = files("monitor").joinpath("ingest.lua").read_text()
@@ -28,6 +28,9 @@ RUNS_REFRESH_S = 1.0
 AUDIT_CAP = 10_000  # audit entries kept per run
 RANK_SCAN_STEPS = 8  # each rank's latest report is looked for in the last 8 steps' reports
 RANK_SCAN_MAX = 4096
+# A run with a driver (verl's trainer) has it report a step after its ranks: the latest step is
+# the newest the driver reported, unless the driver is further behind than this (gone quiet).
+DRIVER_LAG_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class RunKeys:
 
 def _field(step: int, rank: int) -> str:
     return f"{step}:{rank}"
+
+
+_DRIVER_SUFFIX = f":{DRIVER_RANK}"
 
 
 # Stored documents are written by msgspec in one pass; non-finite numbers arrive and stay as the
@@ -192,12 +198,19 @@ class Store:
         return int(cast(list[tuple[str, float]], rows)[0][1]) if rows else None
 
     async def latest(self, run: str) -> StepPoint | None:
+        """The newest step, or in a run with a driver the newest step the driver reported (it
+        reports after the ranks, so a newer step lacks its statistics: the entropy and reward
+        of a verl run) when that is at most DRIVER_LAG_STEPS behind."""
+        k = RunKeys.of(run)
         last = await self.redis.zrevrangebyscore(
-            RunKeys.of(run).index, "+inf", "-inf", start=0, num=1, withscores=True
+            k.index, "+inf", "-inf", start=0, num=1, withscores=True
         )
         if not last:
             return None
-        step = int(cast(list[tuple[str, float]], last)[0][1])
+        newest = int(cast(list[tuple[str, float]], last)[0][1])
+        candidates = [s for s in range(newest, newest - DRIVER_LAG_STEPS - 1, -1) if s >= 0]
+        scores = await self.redis.zmscore(k.index, [_field(s, DRIVER_RANK) for s in candidates])
+        step = next((s for s, sc in zip(candidates, scores, strict=True) if sc is not None), newest)
         points = await self.steps(run, step, step)
         return points[0] if points else None
 
@@ -205,8 +218,9 @@ class Store:
         """The latest report of each rank among the run's last reports (RANK_SCAN_STEPS steps'
         worth): rank, step, control_version, time. Ranks further behind are not listed."""
         k = RunKeys.of(run)
-        scan = min(RANK_SCAN_MAX, RANK_SCAN_STEPS * max(1, world_size))
+        scan = min(RANK_SCAN_MAX, RANK_SCAN_STEPS * (max(1, world_size) + 1))  # + the driver
         fields = cast(list[str], await self.redis.zrevrange(k.index, 0, scan - 1))
+        fields = [f for f in fields if not f.endswith(_DRIVER_SUFFIX)]  # a driver is no rank
         latest: dict[int, dict[str, Any]] = {}
         for raw in await self._hmget(k.scalars, fields):
             if raw is None:
@@ -315,13 +329,21 @@ def _bound(x: float) -> str | float:
 
 
 def _merge_step(docs: list[dict[str, Any]]) -> StepPoint:
-    versions = [d["control_version"] for d in docs if d.get("control_version") is not None]
+    ranks = [d for d in docs if d["rank"] != DRIVER_RANK]
+    driver = next((d for d in docs if d["rank"] == DRIVER_RANK), None)
+    versions = [d["control_version"] for d in ranks if d.get("control_version") is not None]
     times = [d["time"] for d in docs if d.get("time") is not None]
+    stats = merge_stats([d["stats"] for d in ranks]) if ranks else {}
+    user = merge_user([d["user"] for d in ranks]) if ranks else {}
+    if driver is not None:  # whole-step values: laid over the ranks' merge
+        stats = with_driver(stats, driver["stats"])
+        user = with_driver(user, driver["user"], counts=())
     return StepPoint(
         step=docs[0]["step"],
-        ranks=len(docs),
+        ranks=len(ranks),
+        driver=driver is not None,
         time=max(times) if times else None,
         control_version=min(versions) if versions else None,  # applied by every rank
-        stats=merge_stats([d["stats"] for d in docs]),
-        user=merge_user([d["user"] for d in docs]),
+        stats=stats,
+        user=user,
     )

@@ -7,8 +7,9 @@ import math
 
 import torch
 
-from client.report import REPORT_STATS, build_report, finalize
+from client.report import DRIVER_RANK, REPORT_STATS, build_report, finalize
 from monitor.report_schema import STAT_NAMES, decode_reports
+from monitor.schemas import DRIVER_RANK as SERVICE_DRIVER_RANK
 
 
 def test_client_stat_names_are_the_schema_fields() -> None:
@@ -27,3 +28,10 @@ def test_a_client_report_validates_against_the_server_schema() -> None:
     assert report.stats.reward == -math.inf
     assert report.user == {"lr": 3e-6, "grad_norm": 0.5}
     assert report.nonfinite_fields() == ["entropy", "reward"]
+
+
+def test_a_drivers_report_validates_with_the_services_driver_rank() -> None:
+    assert DRIVER_RANK == SERVICE_DRIVER_RANK
+    wire = json.dumps(finalize(build_report(3, DRIVER_RANK, 1, None, {"entropy": 0.5})))
+    (report,) = decode_reports(wire.encode())
+    assert (report.rank, report.control_version, report.stats.entropy) == (DRIVER_RANK, None, 0.5)

@@ -2,9 +2,11 @@
 
     actor_rollout_ref.actor.policy_loss.loss_mode=entmon
 
-Importing this module registers the mode with verl's `register_policy_loss` and does nothing
-else. verl 0.9.1 imports it in each of its processes through the `verl.plugins` entry point that
-entmon declares (verl/__init__.py loads that group at `import verl`), or through
+Importing this module registers the mode with verl's `register_policy_loss` and wraps verl's
+`Tracking` so that verl's trainer process reports each step's entropy, reward and response
+length, which the loss never sees (client.integrations.verl_driver); nothing else. verl 0.9.1
+imports it in each of its processes through the `verl.plugins` entry point that entmon declares
+(verl/__init__.py loads that group at `import verl`), or through
 `VERL_USE_EXTERNAL_MODULES=client.integrations.verl`.
 
 The loss is `client.losses.policy_token_losses` under the Monitor's current control (loss_mode
@@ -33,6 +35,16 @@ from torch import Tensor
 
 from client.control import Control
 from client.errors import EntmonError
+from client.integrations import verl_driver
+from client.integrations.verl_env import (
+    DEFAULT_FIRST_STEP,
+    DEFAULT_UPDATES_PER_STEP,
+    FIRST_STEP_ENV,
+    LOSS_MODE,
+    RUN_ENV,
+    UPDATES_PER_STEP_ENV,
+    parse_int,
+)
 from client.log_once import LogOnce
 from client.monitor import Monitor
 
@@ -43,12 +55,8 @@ except ImportError as e:  # pragma: no cover - the extra is installed in develop
 
 __all__ = ["LOSS_MODE", "attach", "compute_policy_loss_entmon", "detach"]
 
-LOSS_MODE = "entmon"
-RUN_ENV = "ENTMON_RUN"
-UPDATES_PER_STEP_ENV = "ENTMON_VERL_UPDATES_PER_STEP"
-FIRST_STEP_ENV = "ENTMON_VERL_FIRST_STEP"
-DEFAULT_UPDATES_PER_STEP = 1
-DEFAULT_FIRST_STEP = 1  # verl counts global steps from 1
+verl_driver.install()  # verl's trainer process reports each step's entropy and reward
+
 # Strategies where every rank of the actor's process group computes the loss of every update,
 # so the Monitor's control sync (collective on that group) is safe. Elsewhere (Megatron with
 # pipeline stages) some ranks never call the loss and a collective there would hang.
@@ -133,16 +141,7 @@ def detach() -> Monitor | None:
 
 
 def _env_int(name: str, default: int, minimum: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        raise EntmonError(f"{name} must be an integer >= {minimum}, got {raw!r}")
-    return value
+    return parse_int(name, os.environ.get(name), default, minimum)
 
 
 def _from_environment(config: Any) -> _Binding:

@@ -307,8 +307,10 @@ def test_a_bad_step_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 PROBE = (
     "import verl; from verl.trainer.ppo.core_algos import get_policy_loss_fn; "
-    "print(get_policy_loss_fn('entmon').__module__)"
+    "from verl.utils.tracking import Tracking; "
+    "print(get_policy_loss_fn('entmon').__module__, getattr(Tracking, '__entmon_wrapped__', False))"
 )
+LOADED = "client.integrations.verl True"  # the loss registered, the driver's Tracking wrapped
 
 
 def probe(env: dict[str, str], path: list[Path]) -> subprocess.CompletedProcess[str]:
@@ -335,7 +337,7 @@ def test_verl_loads_the_module_through_the_entry_point_entmon_declares(tmp_path:
     )
     result = probe({}, [tmp_path, ROOT])
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "client.integrations.verl"
+    assert result.stdout.strip().splitlines()[-1] == LOADED
     # verl's own switch turns the discovery off: the mode is then unknown.
     off = probe({"VERL_USE_EXTERNAL_PLUGINS": "none"}, [tmp_path, ROOT])
     assert off.returncode != 0 and "Unsupported loss mode: entmon" in off.stderr
@@ -350,7 +352,7 @@ def test_verl_loads_the_module_named_in_verl_use_external_modules() -> None:
         [ROOT],
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "client.integrations.verl"
+    assert result.stdout.strip().splitlines()[-1] == LOADED
 
 
 def doc_command() -> list[str]:
