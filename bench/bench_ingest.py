@@ -18,10 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,6 +40,8 @@ class Result:
     reports: int
     seconds: float
     latencies_s: list[float]
+    service_cpu_s: float = float("nan")  # CPU the service processes spent on this mode
+    redis_cpu_s: float = float("nan")
 
     @property
     def rate(self) -> float:
@@ -139,6 +144,36 @@ async def raw_redis_load(redis_url: str, *, clients: int, batch: int, seconds: f
     return Result(f"raw Redis pipeline {batch}", written, elapsed, latencies)
 
 
+class CpuMeter:
+    """CPU seconds the service (its worker processes included) and Redis spend during a mode."""
+
+    def __init__(self, server_pid: int, redis_url: str) -> None:
+        self.server = psutil.Process(server_pid)
+        self.redis = SyncRedis.from_url(redis_url)
+
+    def _service_s(self) -> float:
+        procs = [self.server, *self.server.children(recursive=True)]
+        total = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += t.user + t.system
+        return total
+
+    def _redis_s(self) -> float:
+        info = self.redis.info("cpu")
+        return float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+
+    def measure(self, run: Callable[[], Result]) -> Result:
+        service, redis = self._service_s(), self._redis_s()
+        result = run()
+        result.service_cpu_s = self._service_s() - service
+        result.redis_cpu_s = self._redis_s() - redis
+        return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -171,11 +206,11 @@ def main() -> int:
                 except httpx.HTTPError:
                     time.sleep(0.1)
             common = {"clients": args.clients, "seconds": args.seconds}
-            results = [
-                asyncio.run(post_load(url, batch=1, run="single", **common)),
-                asyncio.run(post_load(url, batch=args.batch, run="batched", **common)),
-                asyncio.run(raw_redis_load(redis.url, batch=args.batch, **common)),
-            ]
+            cpu = CpuMeter(server.pid, redis.url)
+            single = post_load(url, batch=1, run="single", **common)
+            batched = post_load(url, batch=args.batch, run="batched", **common)
+            ceiling = raw_redis_load(redis.url, batch=args.batch, **common)
+            results = [cpu.measure(lambda c=c: asyncio.run(c)) for c in (single, batched, ceiling)]
         finally:
             server.terminate()
             server.wait()
@@ -186,9 +221,17 @@ def main() -> int:
         f"{os.cpu_count()} CPUs "
         "(load generator, service and Redis share them)"
     )
-    print(f"{'mode':<24}{'reports/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
+    print("CPU us/report: CPU time of the service processes and of Redis per report stored;")
+    print("they depend less than reports/s on what else the machine runs.")
+    print(
+        f"{'mode':<24}{'reports/s':>12}{'p50 ms':>10}{'p99 ms':>10}"
+        f"{'service CPU us':>16}{'Redis CPU us':>14}"
+    )
     for r in results:
-        print(f"{r.name:<24}{r.rate:>12.0f}{r.quantile_ms(0.5):>10.2f}{r.quantile_ms(0.99):>10.2f}")
+        print(
+            f"{r.name:<24}{r.rate:>12.0f}{r.quantile_ms(0.5):>10.2f}{r.quantile_ms(0.99):>10.2f}"
+            f"{1e6 * r.service_cpu_s / r.reports:>16.0f}{1e6 * r.redis_cpu_s / r.reports:>14.0f}"
+        )
     single, batched, ceiling = results
     print(f"ratio batched / raw Redis ceiling: {batched.rate / ceiling.rate:.2f}")
     print(f"ratio single / raw Redis ceiling:  {single.rate / ceiling.rate:.2f}")

@@ -13,17 +13,20 @@ from client.losses import (
     clip_cov_loss,
     kl_cov_loss,
     policy_loss,
+    policy_token_losses,
     select_tokens,
     vanilla_ppo_loss,
 )
 from client.monitor import Monitor
 from client.replay import ReplayResult, replay_file
+from client.report import DRIVER_RANK
 from client.reporter import ReporterConfig
 from client.selection import Selection
 from client.spool import SpoolError
 from client.stats import PackedStep, StepAccumulator
 
 __all__ = [
+    "DRIVER_RANK",
     "Batch",
     "Centred",
     "Control",
@@ -46,6 +49,7 @@ __all__ = [
     "kl_cov_loss",
     "masked_batch",
     "policy_loss",
+    "policy_token_losses",
     "replay_file",
     "select_tokens",
     "token_covariance",

@@ -107,10 +107,10 @@ def _terms(
     return _Terms(batch, log_ratio, pg1, pg2, clipped)
 
 
-def _token_mean(loss: Tensor, t: _Terms) -> Tensor:
+def _token_mean(per_token: Tensor, tokens: Tensor) -> Tensor:
     # Per-token losses are exactly 0 at masked tokens (zeroed inputs), so a plain sum is the
     # masked sum; an all-masked batch gives 0 / 1 = 0.
-    return loss.sum() / t.batch.n.clamp(min=1)
+    return per_token.sum() / tokens.clamp(min=1)
 
 
 @torch.no_grad()
@@ -161,7 +161,7 @@ def _stats(
     )
 
 
-def _loss(
+def _token_losses(
     log_prob: Tensor,
     old_log_prob: Tensor,
     advantages: Tensor,
@@ -173,7 +173,7 @@ def _loss(
     scope: Scope,
     selection: Selection | None,
 ) -> tuple[Tensor, LossStats]:
-    """The loss of a validated control."""
+    """The per-token losses (B, T; exactly 0 at masked tokens) of a validated control."""
     vanilla = c.loss_mode == "vanilla"
     t = _terms(
         log_prob, old_log_prob, advantages, response_mask, c.clip_ratio_low, c.clip_ratio_high,
@@ -185,7 +185,7 @@ def _loss(
             # verl: where(A < 0, min(-A * c, loss), loss). For A >= 0, |A| * c >= 0 >= loss,
             # so min(|A| * c, loss) is the same value (and gradient) without a `where`.
             loss = torch.minimum(t.batch.advantages.abs().mul_(clip_ratio_c), loss)
-        return _token_mean(loss, t), _stats("vanilla", scope, t)
+        return loss, _stats("vanilla", scope, t)
     centred = None
     if c.loss_mode == "clip_cov":
         if selection is None:
@@ -207,7 +207,27 @@ def _loss(
     stats = _stats(
         c.loss_mode, scope, t, selection=selection, centred=centred, abs_log_ratio=abs_lr
     )
-    return _token_mean(loss, t), stats
+    return loss, stats
+
+
+def _loss(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    c: Control,
+    *,
+    clip_ratio_c: float | None,
+    generator: torch.Generator | None,
+    scope: Scope,
+    selection: Selection | None,
+) -> tuple[Tensor, LossStats]:
+    """The token-mean loss of a validated control."""
+    per_token, stats = _token_losses(
+        log_prob, old_log_prob, advantages, response_mask, c,
+        clip_ratio_c=clip_ratio_c, generator=generator, scope=scope, selection=selection,
+    )  # fmt: skip
+    return _token_mean(per_token, stats.tokens), stats
 
 
 def vanilla_ppo_loss(
@@ -308,6 +328,26 @@ def policy_loss(
     """The loss `control.loss_mode` names, with the control's knobs (verl's semantics; the
     vanilla loss uses verl's dual-clip bound 3.0)."""
     return _loss(
+        log_prob, old_log_prob, advantages, response_mask, control,
+        clip_ratio_c=DEFAULT_CLIP_RATIO_C, generator=generator, scope=scope, selection=selection,
+    )  # fmt: skip
+
+
+def policy_token_losses(
+    log_prob: Tensor,
+    old_log_prob: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    control: Control,
+    *,
+    generator: torch.Generator | None = None,
+    scope: Scope = "micro_batch",
+    selection: Selection | None = None,
+) -> tuple[Tensor, LossStats]:
+    """The per-token losses of `policy_loss` ([batch, response_len], exactly 0 at masked
+    tokens), for callers that aggregate them their own way (verl's `loss_agg_mode`, importance
+    weights); `policy_loss` is their token mean."""
+    return _token_losses(
         log_prob, old_log_prob, advantages, response_mask, control,
         clip_ratio_c=DEFAULT_CLIP_RATIO_C, generator=generator, scope=scope, selection=selection,
     )  # fmt: skip

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,8 +31,8 @@ from client.control import Control
 from client.control_sync import ControlSync
 from client.handoff import FinishedStep
 from client.log_once import LogOnce
-from client.losses import policy_loss
-from client.report import build_report
+from client.losses import policy_token_losses
+from client.report import DRIVER_RANK, build_report
 from client.reporter import Reporter, ReporterConfig
 from client.spool import Spool, default_spool_dir, spool_path
 from client.stats import StepAccumulator
@@ -60,6 +61,11 @@ class Monitor:
 
     Reports the monitor cannot take now wait in `spool_dir` (default `$ENTMON_SPOOL_DIR` or
     ~/.entmon/spool), one file per run and rank, and are sent in order when it is back.
+
+    `rank=DRIVER_RANK` makes this the run's driver: a process that trains nothing and reports
+    whole-step values with `log(step, entropy=..., reward=...)` (verl's trainer). It takes no
+    control (its reports name no control version) and is counted in no rank by the service,
+    which lays its statistics over the ranks' of the same step.
     """
 
     def __init__(
@@ -84,14 +90,15 @@ class Monitor:
         self.rank = dist_rank if rank is None else rank
         self.world_size = dist_size if world_size is None else world_size
         self.config = config or ReporterConfig()
-        self._log_once = LogOnce(enabled=self.rank == 0)
+        self.driver = self.rank == DRIVER_RANK
+        self._log_once = LogOnce(enabled=self.rank == 0 or self.driver)
         connection = MonitorConnection(  # a bad URL raises here, before any collective
             url or os.environ.get(URL_ENV) or DEFAULT_URL,
             token if token is not None else os.environ.get(TOKEN_ENV),
             connect_timeout_s=self.config.connect_timeout_s,
             request_timeout_s=self.config.request_timeout_s,
         )
-        distributed = sync_control and dist_size > 1
+        distributed = sync_control and dist_size > 1 and not self.driver
         self._sync = ControlSync(distributed=distributed, log_once=self._log_once)
         self.control: Control = self._sync.current
         self._accumulator: StepAccumulator | None = None  # the step's, from its first loss
@@ -111,7 +118,7 @@ class Monitor:
             run=run,
             spool=spool,
             config=self.config,
-            on_control=self._sync.offer if self._sync.decides else None,
+            on_control=self._sync.offer if self._sync.decides and not self.driver else None,
             tokenizer=tokenizer,
             log_once=self._log_once,
         )
@@ -125,10 +132,21 @@ class Monitor:
         response_mask: torch.Tensor,
         entropy: torch.Tensor | None = None,
         token_ids: torch.Tensor | None = None,
+        *,
+        aggregate: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The policy loss of one micro-batch under this step's control, and its statistics as
-        device tensors (no host sync). The step's statistics accumulate until `log`."""
-        loss, stats = policy_loss(log_prob, old_log_prob, advantages, response_mask, self.control)
+        device tensors (no host sync). The step's statistics accumulate until `log`.
+
+        `aggregate` turns the per-token losses ([batch, response_len], 0 at masked tokens) into
+        the returned loss, for a trainer's own aggregation (verl's `loss_agg_mode`); by default
+        their token mean. The step's `loss` statistic is the token mean either way.
+        """
+        per_token, stats = policy_token_losses(
+            log_prob, old_log_prob, advantages, response_mask, self.control
+        )
+        token_mean = per_token.sum() / stats.tokens.clamp(min=1)
+        loss = token_mean if aggregate is None else aggregate(per_token)
         try:
             if self._accumulator is None:
                 self._accumulator = StepAccumulator()
@@ -139,7 +157,7 @@ class Monitor:
                 advantages,
                 response_mask,
                 entropy=entropy,
-                loss=loss,
+                loss=token_mean,
                 loss_stats=stats,
                 token_ids=token_ids,
             )
@@ -165,9 +183,8 @@ class Monitor:
             if self._accumulator is not None:  # packed on the reporter thread
                 finished = FinishedStep(self._accumulator, self._device)
                 self._accumulator = None
-            report = build_report(
-                step, self.rank, self.world_size, self.control.version, scalars, finished
-            )
+            version = None if self.driver else self.control.version
+            report = build_report(step, self.rank, self.world_size, version, scalars, finished)
             self._reporter.submit(report)
         except Exception as e:  # the training loop is sacred
             self._log_once("log", f"log(step={step!r}) not reported: {e!r}", logging.ERROR)

@@ -22,6 +22,10 @@ REPORT_STATS = (
     "reward", "response_length", "client_drops",
 )  # fmt: skip
 INTEGER_STATS = frozenset({"tokens", "candidates", "detached", "penalised", "client_drops"})
+# The rank of a driver: a process that trains nothing and reports whole-step values (verl's
+# trainer). The service counts it in no rank and lays its statistics over the ranks' merge
+# (monitor.schemas.DRIVER_RANK; tests/test_contract.py keeps the two equal).
+DRIVER_RANK = -1
 _STAT_NAMES = frozenset(REPORT_STATS)
 _PLAIN = frozenset({float, int})  # nothing to detach
 

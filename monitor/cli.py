@@ -25,10 +25,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from monitor.embedded_redis import EmbeddedRedis
     from monitor.settings import Settings
+    from monitor.workers import bind, run, serve_workers
 
     settings = Settings()
     if not settings.auth_enabled and not _is_loopback(args.host):
@@ -48,14 +47,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # `finally` below still stops the embedded Redis.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
-        uvicorn.run(
-            "monitor.main:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level=args.log_level,
-        )
+        if args.workers > 1:
+            return serve_workers(args.host, args.port, args.workers, args.log_level)
+        run(bind(args.host, args.port, reuse_port=False), args.log_level)
+    except (OSError, ValueError) as e:  # the port is taken, the host unknown, ...
+        print(f"entmon serve: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     finally:
@@ -141,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--log-level", default="info")
     serve.add_argument(
-        "--workers", type=int, default=1, help="processes; they share Redis and keep no state"
+        "--workers",
+        type=int,
+        default=1,
+        help="processes, each on its own SO_REUSEPORT socket so the kernel spreads connections; "
+        "they share Redis and keep no state",
     )
     serve.set_defaults(func=cmd_serve)
 

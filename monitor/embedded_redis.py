@@ -38,7 +38,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """Get SIGTERM when the parent process dies (Linux; a no-op elsewhere). Called in a child:
+    between fork and exec for redis-server, at the start of a service worker."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -80,7 +82,7 @@ class EmbeddedRedis:
             *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent
         )
         self._wait_until_ready()
         log.info("embedded redis-server on %s (data in %s)", self.url, self.data_dir)

@@ -1,27 +1,43 @@
 -- Store a batch of step reports of one run atomically and idempotently per (rank, step).
--- KEYS: 1 index (zset step:rank -> step), 2 scalars (hash), 3 details (hash), 4 meta (hash)
+-- KEYS: 1 index (zset step:rank -> step), 2 scalars (hash), 3 details (hash), 4 meta (hash),
+--   5 control (string, read only)
 -- ARGV: 1 now, 2 retention_steps, then 8 per report:
 --   field ("step:rank"), step, scalars JSON, details JSON, tokens, detached, penalised, drops
--- Returns one flag per report: 1 stored, 0 duplicate (already stored, left untouched).
+-- Returns {flags, control}: one flag per report (1 stored, 0 duplicate: already stored, left
+-- untouched) and the run's control JSON (nil: defaults), so a request is one command.
 local index, scalars, details, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, retention = ARGV[1], tonumber(ARGV[2])
 local flags = {}
+-- Counters are summed here and written once per call: a batch costs Redis a few commands
+-- per report (HSETNX, HSET, ZADD), not ten.
+local reports, tokens, detached, penalised, drops = 0, 0, 0, 0, 0
+local top = nil
 for i = 3, #ARGV, 8 do
   local field, step = ARGV[i], tonumber(ARGV[i + 1])
   if redis.call('HSETNX', scalars, field, ARGV[i + 2]) == 1 then
     redis.call('HSET', details, field, ARGV[i + 3])
     redis.call('ZADD', index, step, field)
-    redis.call('HINCRBY', meta, 'reports', 1)
-    redis.call('HINCRBY', meta, 'tokens', ARGV[i + 4])
-    redis.call('HINCRBY', meta, 'detached', ARGV[i + 5])
-    redis.call('HINCRBY', meta, 'penalised', ARGV[i + 6])
-    redis.call('HINCRBY', meta, 'client_drops', ARGV[i + 7])
-    local last = tonumber(redis.call('HGET', meta, 'last_step'))
-    if last == nil or step > last then redis.call('HSET', meta, 'last_step', step) end
+    reports = reports + 1
+    tokens = tokens + tonumber(ARGV[i + 4])
+    detached = detached + tonumber(ARGV[i + 5])
+    penalised = penalised + tonumber(ARGV[i + 6])
+    drops = drops + tonumber(ARGV[i + 7])
+    if top == nil or step > top then top = step end
     flags[#flags + 1] = 1
   else
     flags[#flags + 1] = 0
   end
+end
+if reports > 0 then
+  -- Lua numbers are doubles: the schema bounds each count by 2^40 and a request by 1024
+  -- reports, so these sums stay exact integers; %d keeps HINCRBY's argument an integer.
+  redis.call('HINCRBY', meta, 'reports', reports)
+  redis.call('HINCRBY', meta, 'tokens', string.format('%d', tokens))
+  redis.call('HINCRBY', meta, 'detached', string.format('%d', detached))
+  redis.call('HINCRBY', meta, 'penalised', string.format('%d', penalised))
+  redis.call('HINCRBY', meta, 'client_drops', string.format('%d', drops))
+  local last = tonumber(redis.call('HGET', meta, 'last_step'))
+  if last == nil or top > last then redis.call('HSET', meta, 'last_step', string.format('%d', top)) end
 end
 redis.call('HSET', meta, 'last_report_time', now)
 -- Retention: drop steps older than last_step - retention, a bounded slice per call.
@@ -34,4 +50,5 @@ if last ~= nil then
     redis.call('ZREM', index, unpack(old))
   end
 end
-return flags
+-- false, not nil: a nil would end the table and drop the reply's second element
+return {flags, redis.call('GET', KEYS[5]) or false}

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.telemetry import TelemetryConfig
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
@@ -23,6 +24,7 @@ from monitor.store import Store
 
 log = logging.getLogger("monitor")
 RETRY_AFTER_S = 5
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def _publish_report_schemas(app: FastAPI) -> None:
@@ -82,12 +84,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Live entropy monitoring and Clip-Cov / KL-Cov control for RL of language models",
         lifespan=lifespan,
+        telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
     )
     app.add_middleware(LimitsAndTiming, max_body_bytes=settings.max_body_bytes)
     for router in (
+        reports.router,  # first: the hot path is matched before the others
         health.router,
         metrics.router,
-        reports.router,
         runs.router,
         control.router,
         analysis.router,

@@ -3,12 +3,15 @@
 Counts add, cov_max takes the max, standard deviations pool (within plus between ranks), every
 other statistic is a mean weighted by the rank's token count (equal weights when a rank did not
 send `tokens`). NaN propagates: a diverged rank makes the merged statistic NaN, never hidden.
+
+A driver's report (rank DRIVER_RANK: verl's trainer) carries whole-step values, not a rank's
+share, so it takes no part in the weighting: `with_driver` lays it over the ranks' merge.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from monitor.schemas import COUNT_STATS, MAX_STATS
@@ -48,6 +51,26 @@ def merge_user(ranks: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return {k: _weighted_mean([(r[k], 1.0) for r in ranks if k in r]) for k in sorted(names)}
 
 
+def with_driver(
+    merged: Mapping[str, Any], driver: Mapping[str, Any], counts: Collection[str] = COUNT_STATS
+) -> dict[str, Any]:
+    """The ranks' merged statistics with the driver's laid over them: a count adds, any other
+    statistic the driver sent is the step's (measured on the whole batch), except that a
+    non-finite merged value stays (a diverged rank is never hidden)."""
+    out = dict(merged)
+    for name, value in driver.items():
+        mine = out.get(name)
+        if value is None:
+            continue
+        if mine is None:
+            out[name] = value
+        elif name in counts:
+            out[name] = mine + value
+        elif _finite(mine):
+            out[name] = value
+    return out
+
+
 def merge_counts(histograms: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     """Add histograms of one layout; None when given none."""
     merged: dict[str, Any] | None = None
@@ -69,6 +92,10 @@ def merge_counts(histograms: Iterable[Mapping[str, Any]]) -> dict[str, Any] | No
 def _weight(stats: Mapping[str, float | int | None]) -> float:
     tokens = stats.get("tokens")
     return float(tokens) if tokens else 1.0
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def _isnan(value: float | int | None) -> bool:

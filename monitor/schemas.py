@@ -1,7 +1,8 @@
-"""Wire schemas (pydantic v2): what the client sends and what the API answers.
+"""What the API answers and the control it takes (pydantic v2). The step reports clients send
+are monitor/report_schema.py.
 
-Non-finite statistics are legal input (NaN entropy means the run diverged) and are written back
-as the JSON strings "NaN", "Infinity", "-Infinity" so every response stays valid JSON.
+Non-finite statistics (NaN entropy means the run diverged) are written back as the JSON strings
+"NaN", "Infinity", "-Infinity" so every response stays valid JSON.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
     PlainSerializer,
     StringConstraints,
-    Tag,
     model_validator,
 )
 
@@ -24,26 +23,20 @@ from monitor.control_rules import (
     DEFAULTS,
     control_errors,
 )
-from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
 
 RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 RunId = Annotated[str, StringConstraints(pattern=RUN_ID_PATTERN)]
-MAX_TOP_TOKENS = 64
-MAX_USER_SCALARS = 128
-MAX_REPORTS_PER_REQUEST = 1024
-# Bounds that keep every integer exact in Redis's Lua numbers (doubles) and counters (int64).
-MAX_STEP = 10**12
-MAX_RANKS = 1 << 20
-MAX_COUNT = 1 << 40
-Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
-
 # Statistics that add across ranks; every other statistic is a token-weighted mean except
 # cov_max (max). Kept here because the service's merge and the docs both follow it.
 COUNT_STATS = ("tokens", "candidates", "detached", "penalised", "client_drops")
 MAX_STATS = ("cov_max",)
+# The rank of a driver's report: a process that trains nothing and reports whole-step values
+# (verl's trainer: the rollout's entropy, reward, response length). It is no training rank: not
+# counted in a step's `ranks` nor listed among them, its statistics are the step's (merge.py).
+DRIVER_RANK = -1
 
 
-def _json_number(value: float | int | None) -> float | int | str | None:
+def json_number(value: float | int | None) -> float | int | str | None:
     """Non-finite floats as the strings "NaN", "Infinity", "-Infinity" (strict JSON has none)."""
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
@@ -51,120 +44,18 @@ def _json_number(value: float | int | None) -> float | int | str | None:
 
 
 # A statistic in a response: any number, NaN and infinities included, always valid JSON.
-Stat = Annotated[float | int | None, PlainSerializer(_json_number)]
+Stat = Annotated[float | int | None, PlainSerializer(json_number)]
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
 
 
-class StepStats(_Wire):
-    """Scalars of one step on one rank; every field optional (send what you computed)."""
-
-    entropy: float | None = Field(None, description="mean token entropy over response tokens, nats")
-    logp_mean: float | None = Field(None, description="mean log-prob of response tokens")
-    adv_mean: float | None = None
-    adv_std: float | None = None
-    cov_mean: float | None = Field(None, description="mean per-token Cov(logp, A)")
-    cov_std: float | None = None
-    cov_max: float | None = None
-    cov_top_concentration: float | None = Field(
-        None, description="mean covariance of the top 0.02% tokens over the overall mean"
-    )
-    tokens: Count | None = Field(None, description="valid (response-mask) tokens")
-    candidates: Count | None = Field(None, description="Clip-Cov candidates inside (lb, ub)")
-    detached: Count | None = Field(None, description="tokens detached by Clip-Cov")
-    penalised: Count | None = Field(None, description="tokens penalised by KL-Cov")
-    abs_log_ratio_mean: float | None = Field(None, description="mean |logp - old_logp|, all tokens")
-    penalised_abs_log_ratio_mean: float | None = Field(
-        None, description="mean |logp - old_logp| over KL-Cov penalised tokens"
-    )
-    ppo_clip_frac: float | None = None
-    policy_loss: float | None = None
-    reward: float | None = Field(None, description="mean reward or accuracy: the R of the law")
-    response_length: float | None = None
-    client_drops: Count | None = Field(None, description="reports the client had to drop")
-
-
-ENTROPY_BUCKETS = bucket_count(ENTROPY_LAYOUT)
-COVARIANCE_BUCKETS = bucket_count(COVARIANCE_LAYOUT)
-
-
-class EntropyHistogram(_Wire):
-    """Token entropy counts on layout entropy-v1 (monitor/layouts.py)."""
-
-    layout: Literal["entropy-v1"] = "entropy-v1"
-    counts: list[Count] = Field(min_length=ENTROPY_BUCKETS, max_length=ENTROPY_BUCKETS)
-    nonfinite: Count = Field(0, description="NaN values, which belong to no bucket")
-
-
-class CovarianceHistogram(_Wire):
-    """Per-token covariance counts on layout cov-symlog-v1 (monitor/layouts.py)."""
-
-    layout: Literal["cov-symlog-v1"] = "cov-symlog-v1"
-    counts: list[Count] = Field(min_length=COVARIANCE_BUCKETS, max_length=COVARIANCE_BUCKETS)
-    nonfinite: Count = Field(0, description="NaN values, which belong to no bucket")
-
-
-class StepHistograms(_Wire):
-    entropy: EntropyHistogram | None = None
-    covariance: CovarianceHistogram | None = None
-
-
-class TopToken(_Wire):
-    cov: float
-    logp: float
-    advantage: float
-    entropy: float | None = None
-    token_id: int | None = None
-    position: int | None = None
-    text: str | None = Field(None, max_length=256)
-
-
-class StepReport(_Wire):
-    """One training step on one rank. Idempotent per (run, rank, step)."""
-
-    step: int = Field(ge=0, le=MAX_STEP)
-    rank: int = Field(0, ge=0, lt=MAX_RANKS)
-    world_size: int = Field(1, ge=1, le=MAX_RANKS)
-    time: float | None = Field(None, description="unix time the client logged the step")
-    control_version: int | None = Field(
-        None, ge=0, le=MAX_STEP, description="control version applied"
-    )
-    stats: StepStats = Field(default_factory=StepStats)
-    user: dict[Annotated[str, StringConstraints(max_length=128)], float] = Field(
-        default_factory=dict, max_length=MAX_USER_SCALARS, description="free-form user scalars"
-    )
-    histograms: StepHistograms = Field(default_factory=StepHistograms)
-    top_tokens: list[TopToken] = Field(default_factory=list, max_length=MAX_TOP_TOKENS)
-
-    def nonfinite_fields(self) -> list[str]:
-        """Names of statistics that are NaN or infinite: the run diverged."""
-        bad = [k for k, v in self.stats if _nonfinite(v)]
-        bad += [f"user.{k}" for k, v in self.user.items() if _nonfinite(v)]
-        bad += [f"histograms.{k}" for k, h in self.histograms if h is not None and h.nonfinite]
-        return bad
-
-
-def _nonfinite(value: Any) -> bool:
-    return isinstance(value, float) and not math.isfinite(value)
-
-
-def _one_or_many(value: Any) -> str:
-    return "batch" if isinstance(value, list) else "report"
-
-
-# The ingest body: one report or a list. The discriminator picks the branch up front, so a bad
-# report gets errors for that branch only, located as body.report... or body.batch.<i>...
-ReportBody = Annotated[
-    Annotated[StepReport, Tag("report")]
-    | Annotated[list[StepReport], Field(max_length=MAX_REPORTS_PER_REQUEST), Tag("batch")],
-    Discriminator(_one_or_many),
-]
-
-
 class Control(_Wire):
-    """The live knobs of a run (verl names) and their version."""
+    """The live knobs of a run (verl names) and their version. Frozen: the store shares parsed
+    instances between requests."""
+
+    model_config = ConfigDict(frozen=True)
 
     loss_mode: Literal["vanilla", "clip_cov", "kl_cov"] = DEFAULTS["loss_mode"]
     clip_cov_ratio: float = DEFAULTS["clip_cov_ratio"]
@@ -238,7 +129,8 @@ class StepPoint(_Wire):
     """One step merged over the ranks that reported it."""
 
     step: int
-    ranks: int
+    ranks: int = Field(description="training ranks that reported the step (the driver is none)")
+    driver: bool = Field(False, description="whether the driver's report of the step is in")
     time: float | None = None
     control_version: int | None = None
     stats: dict[str, Stat]
@@ -287,7 +179,16 @@ class HistogramSeries(_Wire):
     steps: list[HistogramStep]
 
 
-class RankedTopToken(TopToken):
+class RankedTopToken(_Wire):
+    """A top-covariance token of the step as a rank reported it (report_schema.TopToken)."""
+
+    cov: float
+    logp: float
+    advantage: float
+    entropy: float | None = None
+    token_id: int | None = None
+    position: int | None = None
+    text: str | None = None
     rank: int
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -10,20 +11,26 @@ from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, cast
 
-from pydantic_core import to_json
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from monitor.merge import merge_counts, merge_stats, merge_user
-from monitor.schemas import AuditEntry, Control, StepPoint, StepReport
+from monitor.merge import merge_counts, merge_stats, merge_user, with_driver
+from monitor.report_schema import StepReport, encode
+from monitor.schemas import DRIVER_RANK, AuditEntry, Control, StepPoint
 
 RUNS_KEY = "entmon:runs"  # zset run -> last report time; the only key shared across runs
 INGEST_SCRIPT = files("monitor").joinpath("ingest.lua").read_text()
 CONTROL_SCRIPT = files("monitor").joinpath("control.lua").read_text()
 SAMPLE_SCRIPT = files("monitor").joinpath("sample.lua").read_text()
+# A run's last-report time in entmon:runs (run listing, stale runs leaving /metrics) is written
+# at most this often by each process: an ingest request is then one Redis command.
+RUNS_REFRESH_S = 1.0
 AUDIT_CAP = 10_000  # audit entries kept per run
 RANK_SCAN_STEPS = 8  # each rank's latest report is looked for in the last 8 steps' reports
 RANK_SCAN_MAX = 4096
+# A run with a driver (verl's trainer) has it report a step after its ranks: the latest step is
+# the newest the driver reported, unless the driver is further behind than this (gone quiet).
+DRIVER_LAG_STEPS = 8
 
 
 @dataclass(frozen=True)
@@ -49,19 +56,23 @@ def _field(step: int, rank: int) -> str:
     return f"{step}:{rank}"
 
 
-# Stored documents are written by pydantic-core in one pass (several times faster than
-# model_dump + json.dumps on the ingest path); non-finite numbers become "NaN", "Infinity" and
-# "-Infinity", which `_load_scalars` and the response models turn back into floats.
-SCALARS = {"step", "rank", "world_size", "time", "control_version", "stats", "user"}
-DETAILS = {"histograms", "top_tokens"}
+_DRIVER_SUFFIX = f":{DRIVER_RANK}"
 
 
-def _scalars_doc(report: StepReport) -> bytes:
-    return to_json(report, include=SCALARS, exclude_none=True)
+# Stored documents are written by msgspec in one pass; non-finite numbers arrive and stay as the
+# strings "NaN", "Infinity" and "-Infinity", which `_load_scalars` and the response models turn
+# back into floats. Defaults are written out, so every document has rank, world_size, stats, user.
+def _scalars_doc(r: StepReport) -> bytes:
+    doc: dict[str, Any] = {"step": r.step, "rank": r.rank, "world_size": r.world_size}
+    if r.time is not None:
+        doc["time"] = r.time
+    if r.control_version is not None:
+        doc["control_version"] = r.control_version
+    return encode(doc | {"stats": r.stats, "user": r.user})
 
 
-def _details_doc(report: StepReport) -> bytes:
-    return to_json(report, include=DETAILS, exclude_none=True)
+def _details_doc(r: StepReport) -> bytes:
+    return encode({"histograms": r.histograms, "top_tokens": r.top_tokens})
 
 
 def _load_scalars(raw: str) -> dict[str, Any]:
@@ -75,12 +86,14 @@ class Store:
     def __init__(self, redis: Redis | RedisCluster, *, retention_steps: int) -> None:
         self.redis = redis
         self.retention_steps = retention_steps
+        self._listed: dict[str, float] = {}  # run -> when this process last wrote entmon:runs
+        self._ingest = redis.register_script(INGEST_SCRIPT)
         self._set_control = redis.register_script(CONTROL_SCRIPT)
         self._sample = redis.register_script(SAMPLE_SCRIPT)
 
     async def ingest(self, run: str, reports: list[StepReport]) -> tuple[list[bool], Control]:
-        """Store reports in one round trip and read the run's control in the same one.
-        Per report True if new, False if (rank, step) was already stored."""
+        """Store reports and read the run's control in one script call: one command per
+        request. Per report True if new, False if (rank, step) was already stored."""
         k = RunKeys.of(run)
         now = time.time()
         args: list[Any] = [now, self.retention_steps]
@@ -88,15 +101,12 @@ class Store:
             s = r.stats
             args += [_field(r.step, r.rank), r.step, _scalars_doc(r), _details_doc(r)]
             args += [s.tokens or 0, s.detached or 0, s.penalised or 0, s.client_drops or 0]
-        keys = [k.index, k.scalars, k.details, k.meta]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            # EVAL, not a registered script: a script in a redis-py pipeline costs a SCRIPT
-            # EXISTS round trip per call, and cluster pipelines refuse EVALSHA. Redis caches
-            # the compiled script by its hash either way.
-            pipe.eval(INGEST_SCRIPT, len(keys), *keys, *args)
-            pipe.zadd(RUNS_KEY, {run: now})
-            pipe.get(k.control)
-            flags, _, control = await pipe.execute()
+        keys = [k.index, k.scalars, k.details, k.meta, k.control]
+        flags, control = await self._ingest(keys, args)
+        if now - self._listed.get(run, -math.inf) >= RUNS_REFRESH_S:
+            # entmon:runs is in another cluster slot than the run's keys, so not in the script
+            await self.redis.zadd(RUNS_KEY, {run: now})
+            self._listed[run] = now
         return [bool(f) for f in flags], _control(control)
 
     # The pool decodes responses (decode_responses=True): every reply below is str.
@@ -188,12 +198,19 @@ class Store:
         return int(cast(list[tuple[str, float]], rows)[0][1]) if rows else None
 
     async def latest(self, run: str) -> StepPoint | None:
+        """The newest step, or in a run with a driver the newest step the driver reported (it
+        reports after the ranks, so a newer step lacks its statistics: the entropy and reward
+        of a verl run) when that is at most DRIVER_LAG_STEPS behind."""
+        k = RunKeys.of(run)
         last = await self.redis.zrevrangebyscore(
-            RunKeys.of(run).index, "+inf", "-inf", start=0, num=1, withscores=True
+            k.index, "+inf", "-inf", start=0, num=1, withscores=True
         )
         if not last:
             return None
-        step = int(cast(list[tuple[str, float]], last)[0][1])
+        newest = int(cast(list[tuple[str, float]], last)[0][1])
+        candidates = [s for s in range(newest, newest - DRIVER_LAG_STEPS - 1, -1) if s >= 0]
+        scores = await self.redis.zmscore(k.index, [_field(s, DRIVER_RANK) for s in candidates])
+        step = next((s for s, sc in zip(candidates, scores, strict=True) if sc is not None), newest)
         points = await self.steps(run, step, step)
         return points[0] if points else None
 
@@ -201,8 +218,9 @@ class Store:
         """The latest report of each rank among the run's last reports (RANK_SCAN_STEPS steps'
         worth): rank, step, control_version, time. Ranks further behind are not listed."""
         k = RunKeys.of(run)
-        scan = min(RANK_SCAN_MAX, RANK_SCAN_STEPS * max(1, world_size))
+        scan = min(RANK_SCAN_MAX, RANK_SCAN_STEPS * (max(1, world_size) + 1))  # + the driver
         fields = cast(list[str], await self.redis.zrevrange(k.index, 0, scan - 1))
+        fields = [f for f in fields if not f.endswith(_DRIVER_SUFFIX)]  # a driver is no rank
         latest: dict[int, dict[str, Any]] = {}
         for raw in await self._hmget(k.scalars, fields):
             if raw is None:
@@ -255,6 +273,7 @@ class Store:
         k = RunKeys.of(run)
         removed = await self.redis.delete(k.index, k.scalars, k.details, k.meta, k.control, k.audit)
         removed += await self.redis.zrem(RUNS_KEY, run)
+        self._listed.pop(run, None)  # a report after this lists the run again at once
         return bool(removed)
 
     async def histogram_series(
@@ -298,6 +317,7 @@ def _descending(x: float) -> float:
     return -x if not math.isnan(x) else math.inf
 
 
+@functools.lru_cache(maxsize=1024)  # every ingest answers the control, which rarely changes
 def _control(raw: str | None) -> Control:
     return Control.model_validate_json(raw) if raw else Control()
 
@@ -309,13 +329,21 @@ def _bound(x: float) -> str | float:
 
 
 def _merge_step(docs: list[dict[str, Any]]) -> StepPoint:
-    versions = [d["control_version"] for d in docs if d.get("control_version") is not None]
+    ranks = [d for d in docs if d["rank"] != DRIVER_RANK]
+    driver = next((d for d in docs if d["rank"] == DRIVER_RANK), None)
+    versions = [d["control_version"] for d in ranks if d.get("control_version") is not None]
     times = [d["time"] for d in docs if d.get("time") is not None]
+    stats = merge_stats([d["stats"] for d in ranks]) if ranks else {}
+    user = merge_user([d["user"] for d in ranks]) if ranks else {}
+    if driver is not None:  # whole-step values: laid over the ranks' merge
+        stats = with_driver(stats, driver["stats"])
+        user = with_driver(user, driver["user"], counts=())
     return StepPoint(
         step=docs[0]["step"],
-        ranks=len(docs),
+        ranks=len(ranks),
+        driver=driver is not None,
         time=max(times) if times else None,
         control_version=min(versions) if versions else None,  # applied by every rank
-        stats=merge_stats([d["stats"] for d in docs]),
-        user=merge_user([d["user"] for d in docs]),
+        stats=stats,
+        user=user,
     )

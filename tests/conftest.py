@@ -58,14 +58,18 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes] | None = None) -
 class ServerProcess:
     """`entmon serve` as a real process; `env` overrides go on top of a clean environment."""
 
-    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], port: int | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = port or free_port()
+        self.args = args
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("ENTMON_")} | env
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
         command = [sys.executable, "-m", "monitor.cli", "serve", "--port", str(self.port)]
+        command += self.args
         self.process = subprocess.Popen(
             command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

@@ -7,12 +7,13 @@ import math
 
 import torch
 
-from client.report import REPORT_STATS, build_report, finalize
-from monitor.schemas import StepReport, StepStats
+from client.report import DRIVER_RANK, REPORT_STATS, build_report, finalize
+from monitor.report_schema import STAT_NAMES, decode_reports
+from monitor.schemas import DRIVER_RANK as SERVICE_DRIVER_RANK
 
 
 def test_client_stat_names_are_the_schema_fields() -> None:
-    assert set(REPORT_STATS) == set(StepStats.model_fields)
+    assert set(REPORT_STATS) == set(STAT_NAMES)
 
 
 def test_a_client_report_validates_against_the_server_schema() -> None:
@@ -20,10 +21,17 @@ def test_a_client_report_validates_against_the_server_schema() -> None:
     scalars["entropy"] = torch.tensor(float("nan"))  # diverged: must travel, not crash
     scalars["reward"] = float("-inf")
     wire = json.dumps(finalize(build_report(7, 1, 2, 3, scalars)), allow_nan=False)
-    report = StepReport.model_validate_json(wire)
+    (report,) = decode_reports(wire.encode())
     assert (report.step, report.rank, report.world_size, report.control_version) == (7, 1, 2, 3)
     assert report.stats.tokens == 1 and isinstance(report.stats.tokens, int)
-    assert math.isnan(report.stats.entropy or 0.0)
+    assert isinstance(report.stats.entropy, float) and math.isnan(report.stats.entropy)
     assert report.stats.reward == -math.inf
     assert report.user == {"lr": 3e-6, "grad_norm": 0.5}
     assert report.nonfinite_fields() == ["entropy", "reward"]
+
+
+def test_a_drivers_report_validates_with_the_services_driver_rank() -> None:
+    assert DRIVER_RANK == SERVICE_DRIVER_RANK
+    wire = json.dumps(finalize(build_report(3, DRIVER_RANK, 1, None, {"entropy": 0.5})))
+    (report,) = decode_reports(wire.encode())
+    assert (report.rank, report.control_version, report.stats.entropy) == (DRIVER_RANK, None, 0.5)

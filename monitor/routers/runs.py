@@ -7,6 +7,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from monitor.deps import Admin, Reader, RunPath, StoreDep
 from monitor.layouts import HISTOGRAM_LAYOUTS, LAYOUTS
+from monitor.report_schema import STAT_NAMES
 from monitor.routers import COMMON_RESPONSES, NOT_FOUND
 from monitor.schemas import (
     HistogramSeries,
@@ -14,14 +15,13 @@ from monitor.schemas import (
     RunsResponse,
     RunSummary,
     StepsResponse,
-    StepStats,
     TopTokensResponse,
 )
 from monitor.store import Store
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=COMMON_RESPONSES | NOT_FOUND)
 MAX_POINTS_LIMIT = 100_000
-_STAT = "|".join(StepStats.model_fields)
+_STAT = "|".join(STAT_NAMES)
 STATS_PATTERN = f"^({_STAT})(,({_STAT}))*$"  # in the schema, so clients see the valid names
 
 

@@ -8,7 +8,14 @@ import torch
 from client.control import Control
 from client.covariance import token_covariance
 from client.errors import ControlError
-from client.losses import clip_cov_loss, kl_cov_loss, policy_loss, select_tokens, vanilla_ppo_loss
+from client.losses import (
+    clip_cov_loss,
+    kl_cov_loss,
+    policy_loss,
+    policy_token_losses,
+    select_tokens,
+    vanilla_ppo_loss,
+)
 
 
 def make(
@@ -198,6 +205,22 @@ def test_policy_loss_dispatches_on_the_control() -> None:
         got, s = policy_loss(lp, old, adv, mask, Control(loss_mode=mode))
         want, _ = fn(lp, old, adv, mask)
         assert torch.equal(got, want) and s.loss_mode == mode
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "clip_cov", "kl_cov"])
+def test_per_token_losses_are_zero_when_masked_and_their_token_mean_is_the_loss(mode: str) -> None:
+    lp, old, adv, mask = make(15, spread=0.5)
+    c = Control(loss_mode=mode, clip_cov_ratio=0.05, clip_cov_lb=0.0, kl_cov_ratio=0.05)
+    per_token, s = policy_token_losses(
+        lp, old, adv, mask, c, generator=torch.Generator().manual_seed(0)
+    )
+    loss, _ = policy_loss(lp, old, adv, mask, c, generator=torch.Generator().manual_seed(0))
+    assert per_token.shape == lp.shape
+    assert torch.equal(per_token.detach()[mask == 0], torch.zeros(int((mask == 0).sum())))
+    torch.testing.assert_close(per_token.sum() / mask.sum(), loss, rtol=0, atol=0)
+    assert int(s.tokens) == int(mask.sum())
+    if mode != "vanilla":
+        assert int(s.detached) + int(s.penalised) > 0  # the selection is part of the losses
 
 
 def test_ppo_statistics() -> None:

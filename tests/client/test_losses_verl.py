@@ -1,4 +1,4 @@
-"""Parity with verl's reference implementation (`pip install "entmon[test-verl]"`)."""
+"""Parity with verl's reference implementation (`pip install "entmon[verl]"`)."""
 
 from __future__ import annotations
 

@@ -4,13 +4,14 @@ top tokens, on a real server; the loss uses the step's control; nothing is read 
 from __future__ import annotations
 
 import logging
+import time
 
 import httpx
 import pytest
 import torch
 
 import monitor.schemas
-from client import Monitor
+from client import DRIVER_RANK, Monitor
 from client.losses import policy_loss
 from client.monitor import RUN_ID_PATTERN
 from tests.client.conftest import FAST, Decoder, micro_batch, stored_steps
@@ -52,6 +53,29 @@ def test_the_loss_is_the_one_the_current_control_names() -> None:
     assert info["penalised"].item() == 0 and mon.control.loss_mode == "vanilla"
 
 
+def test_an_aggregate_makes_the_loss_and_the_statistic_stays_the_token_mean(
+    shared_server: ServerProcess,
+) -> None:
+    mb = micro_batch(4)
+    inputs = {k: v for k, v in mb.items() if k not in ("entropy", "token_ids")}
+    seen: list[torch.Tensor] = []
+
+    def token_sum(per_token: torch.Tensor) -> torch.Tensor:
+        seen.append(per_token)
+        return per_token.sum()
+
+    with Monitor(run="aggregate", url=shared_server.url, config=FAST) as mon:
+        loss, _ = mon.policy_loss(**inputs, aggregate=token_sum)
+        mean, _ = policy_loss(**inputs, control=mon.control)
+        mon.log(0)
+    (per_token,) = seen
+    assert per_token.shape == inputs["log_prob"].shape
+    tokens = inputs["response_mask"].sum()
+    torch.testing.assert_close(loss, mean * tokens)
+    (step,) = stored_steps(shared_server.url, "aggregate")
+    assert step["stats"]["policy_loss"] == pytest.approx(float(mean), rel=1e-6)
+
+
 def test_a_step_without_policy_loss_reports_only_its_scalars(shared_server: ServerProcess) -> None:
     with Monitor(run="scalars", url=shared_server.url, config=FAST) as mon:
         mon.policy_loss(**micro_batch(3))
@@ -79,3 +103,26 @@ def test_a_run_name_the_service_would_refuse_is_refused_at_once() -> None:
     assert RUN_ID_PATTERN == monitor.schemas.RUN_ID_PATTERN
     with pytest.raises(ValueError, match="letters, digits"):
         Monitor(run="my run/1", url="http://127.0.0.1:9")
+
+
+def test_a_driver_applies_no_control_and_counts_as_no_rank(shared_server: ServerProcess) -> None:
+    url, run = shared_server.url, "driver-monitor"
+    r = httpx.put(
+        f"{url}/v1/runs/{run}/control",
+        json={"loss_mode": "kl_cov", "reason": "test"},
+        headers={"If-Match": '"0"'},
+    )
+    assert r.status_code == 200
+    with Monitor(run, url=url, rank=DRIVER_RANK, config=FAST) as mon:
+        for step in (1, 2, 3):
+            mon.log(step, entropy=1.0 / step, reward=0.5)
+            deadline = time.monotonic() + 30
+            while len(stored_steps(url, run)) < step:  # the reporter sends in order: step 1's
+                assert time.monotonic() < deadline  # answer (control 1) was read before step 2
+                time.sleep(0.02)
+        assert mon.control.version == 0  # a rank would have switched at step 3's boundary
+    steps = stored_steps(url, run)
+    assert [(s["step"], s["ranks"], s["driver"]) for s in steps] == [
+        (s, 0, True) for s in (1, 2, 3)
+    ]
+    assert [s["stats"]["entropy"] for s in steps] == [1.0, 0.5, 1.0 / 3]

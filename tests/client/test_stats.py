@@ -13,7 +13,7 @@ from client.losses import policy_loss
 from client.report import REPORT_STATS
 from client.stats import StepAccumulator
 from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT
-from monitor.schemas import StepReport
+from monitor.report_schema import report_from_python
 
 
 def make(seed: int, B: int = 8, T: int = 100) -> dict[str, torch.Tensor]:
@@ -214,13 +214,7 @@ def test_pack_resets_and_output_fits_the_wire_schema() -> None:
     loss, s = policy_loss(lp, old, adv, mask, control)
     add(acc, b, loss=loss, loss_stats=s)
     out = acc.pack().unpack()
-    report = StepReport(
-        step=0,
-        stats=out["stats"],
-        histograms=out["histograms"],
-        top_tokens=out["top_tokens"],
-        user=out["user"],
-    )
+    report = report_from_python({"step": 0, **out})
     assert report.histograms.entropy is not None and report.histograms.covariance is not None
     assert len(report.top_tokens) == 16
     assert out["user"]["selection_effective_ratio"] == pytest.approx(int(s.budget) / int(s.tokens))

@@ -54,6 +54,27 @@ def test_latest_step_gauges_counters_and_gauge_histograms(api: TestClient) -> No
     assert s[("entmon_token_covariance_bucket", (("le", "+Inf"), ("run", "r1")))] == 3
 
 
+def test_batch_counters_add_once_per_new_report_and_stay_exact(api: TestClient) -> None:
+    big = 1 << 40  # the schema's largest count: sums of a full batch must stay exact integers
+    api.post("/v1/runs/r1/reports", json={"step": 0, "stats": {"tokens": 7, "detached": 1}})
+    api.post(
+        "/v1/runs/r1/reports",
+        json=[
+            {"step": 0, "stats": {"tokens": 1000, "detached": 1000}},  # duplicate: not counted
+            {"step": 1, "stats": {"tokens": big, "penalised": 3}},
+            {"step": 2, "stats": {"tokens": big, "client_drops": 2}},
+        ],
+    )
+    s = samples(api)
+    run = (("run", "r1"),)
+    assert s[("entmon_tokens_total", run)] == 7 + 2 * big
+    assert s[("entmon_tokens_detached_total", run)] == 1
+    assert s[("entmon_tokens_penalised_total", run)] == 3
+    assert s[("entmon_client_dropped_reports_total", run)] == 2
+    assert api.get("/v1/runs/r1").json()["reports"] == 3
+    assert api.get("/v1/runs/r1").json()["last_step"] == 2
+
+
 def test_stale_runs_leave_the_exposition(redis_url: str) -> None:
     from monitor.main import create_app
     from monitor.settings import Settings

@@ -82,8 +82,8 @@ def test_wrong_bucket_count_is_rejected_naming_the_field(api: TestClient) -> Non
     r = api.post("/v1/runs/r1/reports", json=bad)
     assert r.status_code == 422
     (error,) = r.json()["detail"]
-    assert error["loc"] == ["body", "report", "histograms", "entropy", "counts"]
-    assert f"at least {bucket_count(ENTROPY_LAYOUT)} items" in error["msg"]
+    assert error["loc"] == ["body", "histograms", "entropy", "counts"]
+    assert f"length >= {bucket_count(ENTROPY_LAYOUT)}" in error["msg"]
     assert api.get("/v1/runs/r1").status_code == 404  # nothing half-stored
 
 
@@ -103,7 +103,8 @@ def test_too_many_buckets_and_negative_counts_are_422(api: TestClient) -> None:
     assert r.status_code == 422 and "counts" in r.text
     wrong_layout = {"step": 0, "histograms": {"entropy": {"layout": "cov-symlog-v1", "counts": []}}}
     r = api.post("/v1/runs/r1/reports", json=wrong_layout)
-    assert r.status_code == 422 and "'entropy-v1'" in r.text
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "histograms", "entropy", "layout"]
     negative = [0] * bucket_count(ENTROPY_LAYOUT)
     negative[3] = -1
     bad = {"step": 0, "histograms": {"entropy": {"layout": ENTROPY_LAYOUT, "counts": negative}}}
@@ -115,7 +116,7 @@ def test_too_many_buckets_and_negative_counts_are_422(api: TestClient) -> None:
 def test_a_bad_report_in_a_batch_rejects_the_batch_and_names_it(api: TestClient) -> None:
     r = api.post("/v1/runs/r1/reports", json=[report(0), {"step": 1, "stats": {"entropyy": 1.0}}])
     assert r.status_code == 422
-    assert r.json()["detail"][0]["loc"] == ["body", "batch", 1, "stats", "entropyy"]
+    assert r.json()["detail"][0]["loc"] == ["body", 1, "stats", "entropyy"]
     assert api.get("/v1/runs/r1").status_code == 404
 
 

@@ -1,0 +1,239 @@
+"""The step report the clients send, as msgspec Structs.
+
+The ingest path validates every report, so this schema is decoded by msgspec rather than pydantic:
+about four times faster on a realistic report (bench/README.md, bench_ingest.py). Everything the
+API answers stays pydantic (monitor/schemas.py).
+
+Numbers are JSON numbers; a non-finite statistic travels as one of the strings "NaN", "Infinity",
+"-Infinity" (strict JSON has no NaN) and is stored as that string, never dropped: it means the run
+diverged. Decoding is lax like JSON Schema and pydantic: an integer may be written 3.0, a number
+may be a numeric string. Unknown fields are rejected, so a misspelt statistic is a 422, not a
+silent loss.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
+from monitor.schemas import DRIVER_RANK, json_number
+
+MAX_TOP_TOKENS = 64
+MAX_USER_SCALARS = 128
+MAX_REPORTS_PER_REQUEST = 1024
+# Bounds that keep every integer exact in Redis's Lua numbers (doubles) and counters (int64):
+# a batch of 1024 counts of at most 2^40 sums to less than 2^53.
+MAX_STEP = 10**12
+MAX_RANKS = 1 << 20
+MAX_COUNT = 1 << 40
+
+NonFinite = Literal["NaN", "Infinity", "-Infinity"]
+Number = float | NonFinite
+Count = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
+ENTROPY_BUCKETS = bucket_count(ENTROPY_LAYOUT)
+COVARIANCE_BUCKETS = bucket_count(COVARIANCE_LAYOUT)
+
+
+def _doc(text: str) -> Meta:
+    return Meta(description=text)
+
+
+class _Wire(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class StepStats(_Wire):
+    """Scalars of one step on one rank; every field optional (send what you computed)."""
+
+    entropy: Annotated[Number, _doc("mean token entropy over response tokens, nats")] | None = None
+    logp_mean: Annotated[Number, _doc("mean log-prob of response tokens")] | None = None
+    adv_mean: Number | None = None
+    adv_std: Number | None = None
+    cov_mean: Annotated[Number, _doc("mean per-token Cov(logp, A)")] | None = None
+    cov_std: Number | None = None
+    cov_max: Number | None = None
+    cov_top_concentration: (
+        Annotated[Number, _doc("mean covariance of the top 0.02% tokens over the overall mean")]
+        | None
+    ) = None
+    tokens: Annotated[Count, _doc("valid (response-mask) tokens")] | None = None
+    candidates: Annotated[Count, _doc("Clip-Cov candidates inside (lb, ub)")] | None = None
+    detached: Annotated[Count, _doc("tokens detached by Clip-Cov")] | None = None
+    penalised: Annotated[Count, _doc("tokens penalised by KL-Cov")] | None = None
+    abs_log_ratio_mean: Annotated[Number, _doc("mean |logp - old_logp|, all tokens")] | None = None
+    penalised_abs_log_ratio_mean: (
+        Annotated[Number, _doc("mean |logp - old_logp| over KL-Cov penalised tokens")] | None
+    ) = None
+    ppo_clip_frac: Number | None = None
+    policy_loss: Number | None = None
+    reward: Annotated[Number, _doc("mean reward or accuracy: the R of the law")] | None = None
+    response_length: Number | None = None
+    client_drops: Annotated[Count, _doc("reports the client had to drop")] | None = None
+
+
+STAT_NAMES: tuple[str, ...] = StepStats.__struct_fields__
+
+
+class _Histogram(Struct, forbid_unknown_fields=True):  # stored with its layout and nonfinite
+    pass
+
+
+class EntropyHistogram(_Histogram):
+    """Token entropy counts on layout entropy-v1 (monitor/layouts.py)."""
+
+    counts: Annotated[list[Count], Meta(min_length=ENTROPY_BUCKETS, max_length=ENTROPY_BUCKETS)]
+    layout: Literal["entropy-v1"] = "entropy-v1"
+    nonfinite: Annotated[Count, _doc("NaN values, which belong to no bucket")] = 0
+
+
+class CovarianceHistogram(_Histogram):
+    """Per-token covariance counts on layout cov-symlog-v1 (monitor/layouts.py)."""
+
+    counts: Annotated[
+        list[Count], Meta(min_length=COVARIANCE_BUCKETS, max_length=COVARIANCE_BUCKETS)
+    ]
+    layout: Literal["cov-symlog-v1"] = "cov-symlog-v1"
+    nonfinite: Annotated[Count, _doc("NaN values, which belong to no bucket")] = 0
+
+
+class StepHistograms(_Wire):
+    entropy: EntropyHistogram | None = None
+    covariance: CovarianceHistogram | None = None
+
+
+class TopToken(_Wire):
+    cov: Number
+    logp: Number
+    advantage: Number
+    entropy: Number | None = None
+    token_id: int | None = None
+    position: int | None = None
+    text: Annotated[str, Meta(max_length=256)] | None = None
+
+
+UserKey = Annotated[str, Meta(max_length=128)]
+
+
+class StepReport(_Wire):
+    """One training step on one rank. Idempotent per (run, rank, step)."""
+
+    step: Annotated[int, Meta(ge=0, le=MAX_STEP)]
+    rank: Annotated[
+        int,
+        Meta(
+            ge=DRIVER_RANK,
+            lt=MAX_RANKS,
+            description=f"training rank, or {DRIVER_RANK}: the driver, a process that trains "
+            "nothing and reports whole-step values (counted in no rank; its statistics are "
+            "the step's)",
+        ),
+    ] = 0
+    world_size: Annotated[int, Meta(ge=1, le=MAX_RANKS)] = 1
+    time: Annotated[float, _doc("unix time the client logged the step")] | None = None
+    control_version: (
+        Annotated[int, Meta(ge=0, le=MAX_STEP, description="control version applied")] | None
+    ) = None
+    stats: StepStats = msgspec.field(default_factory=StepStats)
+    user: Annotated[
+        dict[UserKey, Number],
+        Meta(max_length=MAX_USER_SCALARS, description="free-form user scalars"),
+    ] = msgspec.field(default_factory=dict)
+    histograms: StepHistograms = msgspec.field(default_factory=StepHistograms)
+    top_tokens: Annotated[list[TopToken], Meta(max_length=MAX_TOP_TOKENS)] = msgspec.field(
+        default_factory=list
+    )
+
+    def nonfinite_fields(self) -> list[str]:
+        """Names of statistics that are NaN or infinite: the run diverged."""
+        stats = self.stats
+        bad = [k for k in STAT_NAMES if _nonfinite(getattr(stats, k))]
+        bad += [f"user.{k}" for k, v in self.user.items() if _nonfinite(v)]
+        for name in StepHistograms.__struct_fields__:
+            h = getattr(self.histograms, name)
+            if h is not None and h.nonfinite:
+                bad.append(f"histograms.{name}")
+        return bad
+
+
+def _nonfinite(value: object) -> bool:
+    return isinstance(value, str) or (isinstance(value, float) and not math.isfinite(value))
+
+
+# The ingest body: one report or a list of them.
+ReportBody = StepReport | Annotated[list[StepReport], Meta(max_length=MAX_REPORTS_PER_REQUEST)]
+_DECODER = msgspec.json.Decoder(ReportBody, strict=False)  # 3.0 is an integer, "NaN" a float
+_ENCODER = msgspec.json.Encoder()
+
+
+class ReportError(ValueError):
+    """A body that is not a valid report or batch; `loc` locates the field (FastAPI style)."""
+
+    def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def decode_reports(body: bytes) -> list[StepReport]:
+    """The reports of an ingest body. Raises ReportError naming the first bad field."""
+    try:
+        decoded = _DECODER.decode(body)
+    except msgspec.ValidationError as e:
+        raise ReportError(str(e), ("body", *_loc(str(e)))) from None
+    except msgspec.DecodeError as e:
+        raise ReportError(f"malformed JSON: {e}", ("body",)) from None
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+def _loc(message: str) -> tuple[str | int, ...]:
+    """Where msgspec's message points: "... - at `$[1].stats`" -> (1, "stats"), plus the name
+    of an unknown field. A bad map key reads "- at `key` in `$.user`": the map."""
+    _, at, where = message.partition(" - at `")
+    if not at:
+        return ()
+    path = where.rpartition("` in `")[2]
+    loc: list[str | int] = []
+    for part in path.removesuffix("`").removeprefix("$").replace("[", ".[").split("."):
+        if part.startswith("["):
+            loc.append(int(part[1:-1]))
+        elif part:
+            loc.append(part)
+    unknown = message.partition("unknown field `")[2].partition("`")[0]
+    if unknown:
+        loc.append(unknown)
+    return tuple(loc)
+
+
+def report_from_python(doc: dict[str, Any]) -> StepReport:
+    """A report from Python objects (tests, benchmarks)."""
+    return msgspec.convert(doc, StepReport)
+
+
+def encode(doc: Any) -> bytes:
+    """JSON of a stored document, non-finite numbers as the strings "NaN", "Infinity",
+    "-Infinity". msgspec writes them as null, and stored documents hold no other null (absent
+    values are left out), so only a document with a null (or the text "null") takes the slow path.
+    """
+    raw = _ENCODER.encode(doc)
+    if b"null" not in raw:
+        return raw
+    return _ENCODER.encode(_wire_numbers(msgspec.to_builtins(doc)))
+
+
+def _wire_numbers(value: Any) -> Any:
+    if isinstance(value, float):
+        return json_number(value)
+    if isinstance(value, dict):
+        return {k: _wire_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wire_numbers(v) for v in value]
+    return value
+
+
+def body_json_schema(ref_template: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The OpenAPI schema of the ingest body and the components it refers to."""
+    (schema,), components = msgspec.json.schema_components([ReportBody], ref_template=ref_template)
+    return schema, components
