@@ -67,7 +67,7 @@ def centred(
     lp_mean, adv_mean = lp_sum / denom, adv_sum / denom
     # (A - mean A) * (logp - mean logp), the two factors in either order (a product is exact
     # both ways), the first one masked by multiplying (x * 1 is x); exactly 0 at masked tokens
-    # even if a mean is not finite, thanks to the final `where` (the step statistics count
+    # even if a mean is not finite, thanks to the final masking (the step statistics count
     # masked tokens out of the zero bucket). In place: on CPU every fresh buffer costs page
     # faults.
     adv_buf, cov_buf = (None, None) if out is None else (b.view(adv.shape) for b in out)

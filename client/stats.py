@@ -168,16 +168,16 @@ class StepAccumulator:
 
         if loss is not None:
             counts["loss_tokens"] = c.n
-            values["loss"] = loss.detach()
+            values["loss"] = loss.detach().float()
         if loss_stats is not None:
             s = loss_stats
             self._loss_mode = s.loss_mode
             for name in ("candidates", "detached", "penalised", "budget"):
                 counts[name] = getattr(s, name)
             counts["stat_tokens"] = s.tokens
-            values["abs_lr_mean"] = s.abs_log_ratio_mean
-            values["pen_abs_lr_mean"] = s.penalised_abs_log_ratio_mean
-            values["clip_frac"] = s.ppo_clip_frac
+            values["abs_lr_mean"] = s.abs_log_ratio_mean.float()
+            values["pen_abs_lr_mean"] = s.penalised_abs_log_ratio_mean.float()
+            values["clip_frac"] = s.ppo_clip_frac.float()
         else:  # masked entries are 0 in both, so their difference is too
             abs_lr = (batch.log_prob.detach() - batch.old_log_prob).abs().sum()
             counts["stat_tokens"] = c.n
@@ -185,8 +185,7 @@ class StepAccumulator:
         # The largest score is the first of the top tokens: no pass of its own.
         values["cov_max"] = self._update_top(score, log_prob, advantages, entropy, token_ids)
         self._count_rows.append(torch.stack([counts[k] for k in _COUNTS]))
-        # float32 (a stack promotes any bfloat16 value, exactly)
-        self._value_rows.append(torch.stack([values[k] for k in _VALUES]))
+        self._value_rows.append(torch.stack([values[k] for k in _VALUES]))  # float32
 
     def _zeros(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """0-d int64 and float32 zeros on `device`, made once (never written to)."""
