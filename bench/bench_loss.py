@@ -6,8 +6,12 @@ each loss mode and each number of tokens N. "ours" is `policy_loss` + `StepAccum
 `pack` + `unpack` (the one host copy); "verl" is `compute_policy_loss_<mode>` alone. Forward
 only: the backward pass is the same graph for both. Goal: ours <= 1.5x verl.
 
-    python bench/bench_loss.py                       # N = 16k .. 1M, a few minutes on 2 cores
-    python bench/bench_loss.py --sizes 4096 --repeat 1   # smoke
+    python -m bench.bench_loss --repeat 25              # N = 16k .. 1M, a minute on 2 cores
+    python -m bench.bench_loss --repeat 25 --threads 0  # torch's default threads
+    python -m bench.bench_loss --sizes 4096 --repeat 1  # smoke
+
+As a module it measures this checkout's `client`; as a script (`python bench/bench_loss.py`)
+Python finds `client` through the installed package, which may be another checkout.
 """
 
 from __future__ import annotations
