@@ -23,7 +23,7 @@ from client.report import DRIVER_RANK
 from client.reporter import ReporterConfig
 from client.selection import Selection
 from client.spool import SpoolError
-from client.stats import PackedStep, StepAccumulator
+from client.stats import PackedStep, StepAccumulator, WorkBuffers
 
 __all__ = [
     "DRIVER_RANK",
@@ -41,6 +41,7 @@ __all__ = [
     "Selection",
     "SpoolError",
     "StepAccumulator",
+    "WorkBuffers",
     "bucket_counts",
     "bucket_indices",
     "centred",

@@ -35,7 +35,7 @@ from client.losses import policy_token_losses
 from client.report import DRIVER_RANK, build_report
 from client.reporter import Reporter, ReporterConfig
 from client.spool import Spool, default_spool_dir, spool_path
-from client.stats import StepAccumulator
+from client.stats import StepAccumulator, WorkBuffers
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_CLOSE_TIMEOUT_S = 5.0
@@ -102,6 +102,7 @@ class Monitor:
         self._sync = ControlSync(distributed=distributed, log_once=self._log_once)
         self.control: Control = self._sync.current
         self._accumulator: StepAccumulator | None = None  # the step's, from its first loss
+        self._work = WorkBuffers()  # the accumulators' CPU work buffers, one step after another
         self._device = torch.device("cpu")
         self._closed = False
         spool = None
@@ -149,7 +150,7 @@ class Monitor:
         loss = token_mean if aggregate is None else aggregate(per_token)
         try:
             if self._accumulator is None:
-                self._accumulator = StepAccumulator()
+                self._accumulator = StepAccumulator(work=self._work)
                 self._device = log_prob.device
             self._accumulator.add(
                 log_prob,

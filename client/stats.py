@@ -61,6 +61,37 @@ class Tokenizer(Protocol):
     def decode(self, token_ids: list[int]) -> str: ...
 
 
+class WorkBuffers:
+    """Float32 work buffers for `StepAccumulator.add`, kept from one call to the next.
+
+    On CPU a fresh buffer of a million tokens costs about as much in page faults as the pass
+    that fills it, so `add` writes its temporaries into these (8 buffers of the micro-batch's
+    size: 32 MiB at a million tokens). Each slot holds one temporary of `add` at a time and
+    nothing kept beyond `add` points into them, so one `WorkBuffers` can serve a fresh
+    accumulator per step (the `Monitor` does), as long as one thread uses it at a time. Other
+    devices get fresh buffers (CUDA's caching allocator already reuses memory).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, Tensor] = {}
+        self._views: dict[tuple[int, int], Tensor] = {}  # (slot, numel) -> its first numel
+
+    def get(self, slot: int, numel: int, device: torch.device) -> Tensor:
+        """Slot `slot`'s buffer as a 1-D float32 tensor of `numel` entries on `device`."""
+        if device.type != "cpu":
+            return torch.empty(numel, dtype=torch.float32, device=device)
+        view = self._views.get((slot, numel))
+        if view is None:
+            buffer = self._buffers.get(slot)
+            if buffer is None or buffer.numel() < numel:
+                buffer = self._buffers[slot] = torch.empty(numel, dtype=torch.float32)
+                self._views = {key: v for key, v in self._views.items() if key[0] != slot}
+            if len(self._views) > 64:  # many micro-batch sizes: forget the old views
+                self._views.clear()
+            view = self._views[slot, numel] = buffer[:numel]
+        return view
+
+
 class StepAccumulator:
     """Accumulates one step's statistics over micro-batches, on the device, without syncing.
 
@@ -70,7 +101,11 @@ class StepAccumulator:
     """
 
     def __init__(
-        self, *, top_tokens: int = DEFAULT_TOP_TOKENS, top_fraction: float = TOP_FRACTION
+        self,
+        *,
+        top_tokens: int = DEFAULT_TOP_TOKENS,
+        top_fraction: float = TOP_FRACTION,
+        work: WorkBuffers | None = None,
     ) -> None:
         if not 0 <= top_tokens <= 64:
             raise ValueError(f"top_tokens must be in [0, 64], got {top_tokens}")
@@ -78,9 +113,8 @@ class StepAccumulator:
             raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
         self.top_tokens = top_tokens
         self.top_fraction = top_fraction
-        self._buffers: dict[int, Tensor] = {}  # scratch, see `_scratch`
-        self._views: dict[tuple[int, int], Tensor] = {}  # (slot, numel) -> its first numel
-        self._device = torch.device("cpu")  # of the last micro-batch, for `_scratch`
+        self._work = WorkBuffers() if work is None else work
+        self._device = torch.device("cpu")  # of the last micro-batch
         self._zero_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self.reset()
 
@@ -198,24 +232,8 @@ class StepAccumulator:
         return zeros
 
     def _scratch(self, slot: int, numel: int) -> Tensor:
-        """A 1-D float32 buffer of `numel` entries on the accumulator's CPU. On CPU it is kept
-        from one call to the next: there a fresh buffer of a million tokens costs about as much
-        in page faults as the pass that fills it. Each slot holds one temporary of `add` at a
-        time (0: deviations, then entropy; 1: score; 2-4, 7: histogram work; 5, 6: centring);
-        nothing kept beyond `add` points into them. Other devices get a fresh buffer (CUDA's
-        caching allocator already reuses memory)."""
-        if self._device.type != "cpu":
-            return torch.empty(numel, dtype=torch.float32, device=self._device)
-        view = self._views.get((slot, numel))
-        if view is None:
-            buffer = self._buffers.get(slot)
-            if buffer is None or buffer.numel() < numel:
-                buffer = self._buffers[slot] = torch.empty(numel, dtype=torch.float32)
-                self._views = {key: v for key, v in self._views.items() if key[0] != slot}
-            if len(self._views) > 64:  # many micro-batch sizes: forget the old views
-                self._views.clear()
-            view = self._views[slot, numel] = buffer[:numel]
-        return view
+        # Slots: 0 deviations, then entropy; 1 score; 2-4, 7 histogram work; 5, 6 centring.
+        return self._work.get(slot, numel, self._device)
 
     def _update_top(
         self,

@@ -11,7 +11,7 @@ from client.control import Control
 from client.histograms import bucket_counts, histogram_wire
 from client.losses import policy_loss
 from client.report import REPORT_STATS
-from client.stats import StepAccumulator
+from client.stats import StepAccumulator, WorkBuffers
 from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT
 from monitor.report_schema import report_from_python
 
@@ -222,15 +222,16 @@ def test_pack_resets_and_output_fits_the_wire_schema() -> None:
 
 
 @pytest.mark.parametrize("mode", ["vanilla", "clip_cov", "kl_cov"])
-def test_a_reused_accumulator_gives_what_a_fresh_one_gives(mode: str) -> None:
-    # The accumulator keeps its CPU work buffers from one micro-batch and step to the next;
-    # sizes going up and down must not leak anything from one into another.
+def test_reused_work_buffers_change_nothing(mode: str) -> None:
+    # The accumulator's CPU work buffers serve one micro-batch and step after another, in the
+    # same accumulator or (as the Monitor does) in a fresh one per step; sizes going up and
+    # down must not leak anything from one into another.
     control = Control(loss_mode=mode, clip_cov_lb=0.1, clip_cov_ratio=0.01)
     steps = [[make(10, B=8, T=400), make(11, B=2, T=50)], [make(12, B=16, T=300)], [make(13)]]
-    reused = StepAccumulator()
+    reused, work = StepAccumulator(), WorkBuffers()
     for step in steps:
         outputs = []
-        for acc in (reused, StepAccumulator()):
+        for acc in (reused, StepAccumulator(work=work), StepAccumulator()):
             for b in step:
                 lp, old, adv, mask = (
                     b[k] for k in ("log_prob", "old_log_prob", "advantages", "response_mask")
@@ -239,4 +240,4 @@ def test_a_reused_accumulator_gives_what_a_fresh_one_gives(mode: str) -> None:
                 loss, s = policy_loss(lp, old, adv, mask, control, generator=g)
                 add(acc, b, loss=loss, loss_stats=s)
             outputs.append(acc.pack().unpack())
-        assert outputs[0] == outputs[1]
+        assert outputs[0] == outputs[1] == outputs[2]
