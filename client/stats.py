@@ -2,13 +2,14 @@
 
 `StepAccumulator.add` is called once per micro-batch. It launches device work only: no
 `.item()`, no boolean indexing, no `bincount` sizing on CUDA. Everything it keeps is device
-tensors: one row of per-micro-batch moments, the two histograms' counts (added in place) and a
-running top-k buffer of the highest-covariance tokens. `pack` concatenates everything into ONE
-flat float64 tensor and starts its copy to the host (pinned memory and a CUDA event on CUDA);
-`PackedStep.unpack`, run later on the reporter thread, waits for that event, combines the
-micro-batch rows in plain Python and builds the wire format. One host transfer per step,
-whatever the number of micro-batches and statistics, and no combination work on the training
-thread.
+tensors: one row of per-micro-batch moments, the histograms' counts (entropy x covariance
+jointly, added in place) and a running top-k buffer of the highest-covariance tokens; its
+temporaries go to `WorkBuffers` kept from one call to the next. `pack` concatenates
+everything into ONE flat float64 tensor and starts its copy to the host (pinned memory and a
+CUDA event on CUDA); `PackedStep.unpack`, run later on the reporter thread, waits for that
+event, combines the micro-batch rows in plain Python and builds the wire format. One host
+transfer per step, whatever the number of micro-batches and statistics, and no combination work
+on the training thread.
 
 How micro-batches combine into the step's statistics (all token-weighted):
 - means (entropy, logp, advantage, covariance, |log-ratio|, loss, PPO clip fraction) weight each
@@ -119,8 +120,8 @@ class StepAccumulator:
         self.reset()
 
     def reset(self) -> None:
-        self._count_rows: list[Tensor] = []  # per micro-batch: len(_COUNTS) 0-d int64
-        self._value_rows: list[Tensor] = []  # per micro-batch: len(_VALUES) 0-d float32
+        self._count_rows: list[Tensor] = []  # per micro-batch: the len(_COUNTS) counts, int64
+        self._value_rows: list[Tensor] = []  # per micro-batch: the len(_VALUES) values, fp32
         # Histogram counts (int64): entropy x covariance jointly for the micro-batches that
         # gave an entropy, covariance alone for the others.
         self._joint: Tensor | None = None
