@@ -70,14 +70,13 @@ _ESTIMATES: dict[str, Callable[[Tensor, float, Tensor], Tensor]] = {
     COVARIANCE_LAYOUT: _covariance_estimate,
 }
 
-_tables: dict[tuple[str, torch.device, torch.dtype, int], Tensor] = {}
+_tables: dict[tuple[str, torch.device, torch.dtype], Tensor] = {}
 
 
-def _upper_table(layout: str, device: torch.device, dtype: torch.dtype, offset: int) -> Tensor:
+def _upper_table(layout: str, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Upper bounds rounded down to `dtype` (for a value x of that dtype, x <= b exactly when
-    x <= the largest such number <= b), then +Inf for the +Inf, NaN and masked slots; after
-    `offset` unused leading entries, so that indices shifted by `offset` look it up."""
-    key = (layout, device, dtype, offset)
+    x <= the largest such number <= b), then +Inf for the +Inf, NaN and masked slots."""
+    key = (layout, device, dtype)
     table = _tables.get(key)
     if table is None:
         exact = torch.tensor(LAYOUTS[layout], dtype=torch.float64)
@@ -86,8 +85,7 @@ def _upper_table(layout: str, device: torch.device, dtype: torch.dtype, offset: 
         rounded = torch.where(
             too_high, torch.nextafter(rounded, rounded.new_tensor(-torch.inf)), rounded
         )
-        pad = rounded.new_zeros(offset)
-        table = torch.cat([pad, rounded, rounded.new_full((3,), torch.inf)]).to(device)
+        table = torch.cat([rounded, rounded.new_full((3,), torch.inf)]).to(device)
         _tables[key] = table
     return table
 
@@ -95,9 +93,9 @@ def _upper_table(layout: str, device: torch.device, dtype: torch.dtype, offset: 
 _SAME_WIDTH_INT = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
-def _entropy_from_bits(x: Tensor, offset: int, out: Tensor, y: Tensor) -> Tensor:
+def _entropy_from_bits(x: Tensor, out: Tensor, y: Tensor) -> Tensor:
     """entropy-v1 bucket estimates of float32 values (see the module docstring), into `out`:
-    right or one low, NaN at offset + 64. `y` is x-sized float32 scratch.
+    right or one low, NaN at 64. `y` is x-sized float32 scratch.
 
     x is clamped first: at or below the first bound 2**-11 into bucket 0, above the last
     bound 2**4.5 into the +Inf bucket (2**4.625 sits inside it), NaN to 2**5, which the
@@ -107,12 +105,12 @@ def _entropy_from_bits(x: Tensor, offset: int, out: Tensor, y: Tensor) -> Tensor
     ceiling is floor(4 * (e + f')) + 45 or one more."""
     torch.clamp(x, 2.0**-11, 2.0**4.625, out=y).nan_to_num_(nan=32.0)
     bits = y.view(torch.int32).sub_(1)
-    return torch.bitwise_right_shift(bits, 21, out=out).add_(offset + 45 - 4 * 127)
+    return torch.bitwise_right_shift(bits, 21, out=out).add_(45 - 4 * 127)
 
 
-def _covariance_from_bits(x: Tensor, offset: int, a: Tensor, t: Tensor) -> Tensor:
+def _covariance_from_bits(x: Tensor, a: Tensor, t: Tensor) -> Tensor:
     """cov-symlog-v1 bucket estimates of float32 values (see the module docstring), as
-    integral floats in `t`: right or one low, NaN at offset + 67. `a` and `t` are x-sized
+    integral floats in `t`: right or one low, NaN at 67. `a` and `t` are x-sized
     float32 scratch.
 
     The `_covariance_estimate` formula with log2|x| read from the bits, and +1 - bias instead
@@ -123,8 +121,8 @@ def _covariance_from_bits(x: Tensor, offset: int, a: Tensor, t: Tensor) -> Tenso
     # The bits as a number (about (log2|x| + 127) * 2**23), scaled: one pass.
     torch.add(_cov_shift(x.device), a.view(torch.int32), alpha=_COV_SCALE, out=t)
     t.add_(a, alpha=0.0)  # the integer lost NaN: a * 0 brings it back (a is never inf)
-    t.copysign_(x).add_(offset + 33.5 - _COV_BITS_BIAS)
-    return t.nan_to_num_(nan=float(offset + bucket_count(COVARIANCE_LAYOUT)))
+    t.copysign_(x).add_(33.5 - _COV_BITS_BIAS)
+    return t.nan_to_num_(nan=float(bucket_count(COVARIANCE_LAYOUT)))
 
 
 _shifts: dict[torch.device, Tensor] = {}
@@ -141,12 +139,11 @@ def _indices(
     x: Tensor,
     layout: str,
     *,
-    offset: int = 0,
     out: Tensor | None = None,
     temps: Sequence[Tensor] = (),
 ) -> Tensor:
-    """Bucket index (int32) of each value plus `offset`: offset + 0..B-1 for the B buckets of
-    `layout`, offset + B for NaN, in x's shape. Written into `out` (int32, x's size) when
+    """Bucket index (int32) of each value: 0..B-1 for the B buckets of `layout`, B for NaN,
+    in x's shape. Written into `out` (int32, x's size) when
     given; `temps` (two 1-D buffers of x's dtype and size) spare the temporaries'
     allocations. Works on 1-D tensors: views cost microseconds, as many as small passes."""
     shape = x.shape
@@ -162,20 +159,20 @@ def _indices(
     else:
         t, t2 = torch.empty_like(x), torch.empty_like(x)
     float32 = x.dtype == torch.float32
-    table = _upper_table(layout, x.device, x.dtype, offset)  # offset + B + 2
+    table = _upper_table(layout, x.device, x.dtype)  # B + 2
     if layout == ENTROPY_LAYOUT and float32:
-        _entropy_from_bits(x, offset, out, t)
+        _entropy_from_bits(x, out, t)
     elif layout == COVARIANCE_LAYOUT and float32:
-        out.copy_(_covariance_from_bits(x, offset, t2, t))  # exact integers
+        out.copy_(_covariance_from_bits(x, t2, t))  # exact integers
     else:
         B = bucket_count(layout)  # buckets, the last one +Inf
         estimate = _ESTIMATES.get(layout)
         if estimate is None:  # a layout without a closed form: binary search
-            k = torch.bucketize(x, table[offset : offset + B - 1], out_int32=True)
-            out.copy_(k.masked_fill_(x.isnan(), B).add_(offset))
+            k = torch.bucketize(x, table[: B - 1], out_int32=True)
+            out.copy_(k.masked_fill_(x.isnan(), B))
             return out.view(shape)
-        t = estimate(x, _BIAS - offset, t)
-        out.copy_(t.clamp_(offset, offset + B - 1).nan_to_num_(nan=float(offset + B)))
+        t = estimate(x, _BIAS, t)
+        out.copy_(t.clamp_(0, B - 1).nan_to_num_(nan=float(B)))
     # The estimate is right or one low: +1 where x is above its bucket's upper bound (NaN and
     # +inf compare False against the +Inf slots). The bound and the comparison reuse t's
     # memory; a comparison written as int32 is several times cheaper than one written as bool.

@@ -107,7 +107,8 @@ def _terms(
     return _Terms(batch, log_ratio, pg1, pg2, clipped)
 
 
-def _token_mean(per_token: Tensor, tokens: Tensor) -> Tensor:
+def token_mean(per_token: Tensor, tokens: Tensor) -> Tensor:
+    """The loss of per-token losses: their mean over the valid tokens."""
     # Per-token losses are exactly 0 at masked tokens (zeroed inputs), so a plain sum is the
     # masked sum; an all-masked batch gives 0 / 1 = 0.
     return per_token.sum() / tokens.clamp(min=1)
@@ -227,7 +228,7 @@ def _loss(
         log_prob, old_log_prob, advantages, response_mask, c,
         clip_ratio_c=clip_ratio_c, generator=generator, scope=scope, selection=selection,
     )  # fmt: skip
-    return _token_mean(per_token, stats.tokens), stats
+    return token_mean(per_token, stats.tokens), stats
 
 
 def vanilla_ppo_loss(

@@ -31,7 +31,7 @@ from client.control import Control
 from client.control_sync import ControlSync
 from client.handoff import FinishedStep
 from client.log_once import LogOnce
-from client.losses import policy_token_losses
+from client.losses import policy_token_losses, token_mean
 from client.report import DRIVER_RANK, build_report
 from client.reporter import Reporter, ReporterConfig
 from client.spool import Spool, default_spool_dir, spool_path
@@ -146,8 +146,8 @@ class Monitor:
         per_token, stats = policy_token_losses(
             log_prob, old_log_prob, advantages, response_mask, self.control
         )
-        token_mean = per_token.sum() / stats.tokens.clamp(min=1)
-        loss = token_mean if aggregate is None else aggregate(per_token)
+        mean = token_mean(per_token, stats.tokens)
+        loss = mean if aggregate is None else aggregate(per_token)
         try:
             if self._accumulator is None:
                 self._accumulator = StepAccumulator(work=self._work)
@@ -158,7 +158,7 @@ class Monitor:
                 advantages,
                 response_mask,
                 entropy=entropy,
-                loss=token_mean,
+                loss=mean,
                 loss_stats=stats,
                 token_ids=token_ids,
             )

@@ -3,11 +3,13 @@
 --   5 control (string, read only)
 -- ARGV: 1 now, 2 retention_steps, then 8 per report:
 --   field ("step:rank"), step, scalars JSON, details JSON, tokens, detached, penalised, drops
--- Returns {flags, control}: one flag per report (1 stored, 0 duplicate: already stored, left
--- untouched) and the run's control JSON (nil: defaults), so a request is one command.
+-- Returns {flags, control, new_run}: one flag per report (1 stored, 0 duplicate: already
+-- stored, left untouched), the run's control JSON (nil: defaults), so a request is one command,
+-- and 1 when this call created the run (its meta hash was absent: the caller lists it).
 local index, scalars, details, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, retention = ARGV[1], tonumber(ARGV[2])
 local flags = {}
+local new_run = redis.call('EXISTS', meta) == 0 and 1 or 0
 -- Counters are summed here and written once per call: a batch costs Redis a few commands
 -- per report (HSETNX, HSET, ZADD), not ten.
 local reports, tokens, detached, penalised, drops = 0, 0, 0, 0, 0
@@ -51,4 +53,4 @@ if last ~= nil then
   end
 end
 -- false, not nil: a nil would end the table and drop the reply's second element
-return {flags, redis.call('GET', KEYS[5]) or false}
+return {flags, redis.call('GET', KEYS[5]) or false, new_run}

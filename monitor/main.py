@@ -28,8 +28,8 @@ _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": Fa
 
 
 def _publish_report_schemas(app: FastAPI) -> None:
-    """The ingest route validates its body itself (reports.REPORT_BODY); put the models its
-    schema refers to into the OpenAPI components."""
+    """The ingest route decodes its body itself (msgspec, monitor/report_schema.py); put the
+    structs its schema refers to into the OpenAPI components."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:

@@ -13,6 +13,7 @@ silent loss.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,7 @@ MAX_REPORTS_PER_REQUEST = 1024
 MAX_STEP = 10**12
 MAX_RANKS = 1 << 20
 MAX_COUNT = 1 << 40
+MAX_TIME = 1e11  # unix seconds; also keeps NaN out: reads take the max of a step's times
 
 NonFinite = Literal["NaN", "Infinity", "-Infinity"]
 Number = float | NonFinite
@@ -133,7 +135,10 @@ class StepReport(_Wire):
         ),
     ] = 0
     world_size: Annotated[int, Meta(ge=1, le=MAX_RANKS)] = 1
-    time: Annotated[float, _doc("unix time the client logged the step")] | None = None
+    time: (
+        Annotated[float, Meta(ge=0, le=MAX_TIME, description="unix time the client logged it")]
+        | None
+    ) = None
     control_version: (
         Annotated[int, Meta(ge=0, le=MAX_STEP, description="control version applied")] | None
     ) = None
@@ -184,26 +189,40 @@ def decode_reports(body: bytes) -> list[StepReport]:
     except msgspec.ValidationError as e:
         raise ReportError(str(e), ("body", *_loc(str(e)))) from None
     except msgspec.DecodeError as e:
-        raise ReportError(f"malformed JSON: {e}", ("body",)) from None
+        decoded = _decode_nonstandard(body, e)
     return decoded if isinstance(decoded, list) else [decoded]
+
+
+def _decode_nonstandard(body: bytes, error: msgspec.DecodeError) -> StepReport | list[StepReport]:
+    """Python's json.dumps writes NaN and Infinity as bare literals (and json.loads reads 1e999
+    as inf): not JSON, but exactly what a diverged run sends, so it is read, not refused."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise ReportError(f"malformed JSON: {error}", ("body",)) from None
+    try:
+        converted: StepReport | list[StepReport] = msgspec.convert(doc, ReportBody, strict=False)
+    except msgspec.ValidationError as e:
+        raise ReportError(str(e), ("body", *_loc(str(e)))) from None
+    return converted
 
 
 def _loc(message: str) -> tuple[str | int, ...]:
     """Where msgspec's message points: "... - at `$[1].stats`" -> (1, "stats"), plus the name
-    of an unknown field. A bad map key reads "- at `key` in `$.user`": the map."""
-    _, at, where = message.partition(" - at `")
-    if not at:
-        return ()
-    path = where.rpartition("` in `")[2]
+    of an unknown or missing field. A bad map key reads "- at `key` in `$.user`" and a bad map
+    value "- at `$.user[...]`": the map."""
+    _, _, where = message.partition(" - at `")
+    path = where.rpartition("` in `")[2].removesuffix("`").removeprefix("$").replace("[...]", "")
     loc: list[str | int] = []
-    for part in path.removesuffix("`").removeprefix("$").replace("[", ".[").split("."):
+    for part in path.replace("[", ".[").split("."):
         if part.startswith("["):
             loc.append(int(part[1:-1]))
         elif part:
             loc.append(part)
-    unknown = message.partition("unknown field `")[2].partition("`")[0]
-    if unknown:
-        loc.append(unknown)
+    for kind in ("unknown field `", "missing required field `"):
+        name = message.partition(kind)[2].partition("`")[0]
+        if name:
+            loc.append(name)
     return tuple(loc)
 
 

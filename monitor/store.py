@@ -25,6 +25,7 @@ SAMPLE_SCRIPT = files("monitor").joinpath("sample.lua").read_text()
 # A run's last-report time in entmon:runs (run listing, stale runs leaving /metrics) is written
 # at most this often by each process: an ingest request is then one Redis command.
 RUNS_REFRESH_S = 1.0
+LISTED_MAX = 10_000  # runs whose refresh time a process remembers
 AUDIT_CAP = 10_000  # audit entries kept per run
 RANK_SCAN_STEPS = 8  # each rank's latest report is looked for in the last 8 steps' reports
 RANK_SCAN_MAX = 4096
@@ -59,9 +60,10 @@ def _field(step: int, rank: int) -> str:
 _DRIVER_SUFFIX = f":{DRIVER_RANK}"
 
 
-# Stored documents are written by msgspec in one pass; non-finite numbers arrive and stay as the
-# strings "NaN", "Infinity" and "-Infinity", which `_load_scalars` and the response models turn
-# back into floats. Defaults are written out, so every document has rank, world_size, stats, user.
+# Stored documents are written by msgspec in one pass (report_schema.encode); non-finite numbers
+# are stored as the strings "NaN", "Infinity" and "-Infinity", which `_load_scalars` and the
+# response models turn back into floats. Defaults are written out, so every document has rank,
+# world_size, stats, user.
 def _scalars_doc(r: StepReport) -> bytes:
     doc: dict[str, Any] = {"step": r.step, "rank": r.rank, "world_size": r.world_size}
     if r.time is not None:
@@ -102,10 +104,14 @@ class Store:
             args += [_field(r.step, r.rank), r.step, _scalars_doc(r), _details_doc(r)]
             args += [s.tokens or 0, s.detached or 0, s.penalised or 0, s.client_drops or 0]
         keys = [k.index, k.scalars, k.details, k.meta, k.control]
-        flags, control = await self._ingest(keys, args)
-        if now - self._listed.get(run, -math.inf) >= RUNS_REFRESH_S:
-            # entmon:runs is in another cluster slot than the run's keys, so not in the script
+        flags, control, new_run = await self._ingest(keys, args)
+        if new_run or now - self._listed.get(run, -math.inf) >= RUNS_REFRESH_S:
+            # entmon:runs is in another cluster slot than the run's keys, so not in the script.
+            # A new run (first report, or the first after a DELETE through any process) is
+            # listed at once; an existing one is refreshed at most every RUNS_REFRESH_S.
             await self.redis.zadd(RUNS_KEY, {run: now})
+            if len(self._listed) >= LISTED_MAX:  # run names come from clients: stay bounded
+                self._listed.clear()
             self._listed[run] = now
         return [bool(f) for f in flags], _control(control)
 
@@ -273,7 +279,6 @@ class Store:
         k = RunKeys.of(run)
         removed = await self.redis.delete(k.index, k.scalars, k.details, k.meta, k.control, k.audit)
         removed += await self.redis.zrem(RUNS_KEY, run)
-        self._listed.pop(run, None)  # a report after this lists the run again at once
         return bool(removed)
 
     async def histogram_series(

@@ -41,8 +41,10 @@ def bind(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 
 def run(sock: socket.socket, log_level: str) -> None:
     """Serve the app on `sock` in this process until SIGINT / SIGTERM."""
-    config = uvicorn.Config(APP, factory=True, log_level=log_level)
-    uvicorn.Server(config).run(sockets=[sock])
+    server = uvicorn.Server(uvicorn.Config(APP, factory=True, log_level=log_level))
+    server.run(sockets=[sock])
+    if not server.started:  # the app's start-up failed; uvicorn.run exits 3 here too
+        raise SystemExit(3)
 
 
 def _worker(host: str, port: int, log_level: str) -> None:

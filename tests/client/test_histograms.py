@@ -93,6 +93,19 @@ def test_float32_bits_match_binary_search_on_every_exponent_and_near_every_bound
     assert torch.equal(bucket_indices(x, layout), binary_search(x, layout))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_bucketing_on_the_gpu_equals_the_cpu(layout: str) -> None:
+    # the bit views, out= aliasing and int32 lookups of the float32 path, run on CUDA
+    g = torch.Generator().manual_seed(3)
+    bits = torch.randint(-(2**31), 2**31, (400_000,), generator=g, dtype=torch.int64)
+    x = bits.to(torch.int32).view(torch.float32)
+    assert torch.equal(bucket_indices(x.cuda(), layout).cpu(), binary_search(x, layout))
+    assert torch.equal(
+        bucket_counts_unmasked(x.cuda(), layout).cpu(), bucket_counts_unmasked(x, layout)
+    )
+
+
 def test_joint_counts_sum_to_the_two_histograms() -> None:
     g = torch.Generator().manual_seed(2)
     ent = torch.rand(5000, generator=g) * 8

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import json
 import math
 
 from fastapi.testclient import TestClient
 
 from monitor.layouts import ENTROPY_LAYOUT, bucket_count
+from monitor.main import create_app
+from monitor.settings import Settings
 
 
 def report(step: int, rank: int = 0, **stats: object) -> dict[str, object]:
@@ -56,6 +59,31 @@ def test_nonfinite_statistics_are_stored_and_flagged(api: TestClient) -> None:
     (point,) = api.get("/v1/runs/r1/steps").json()["steps"]
     assert point["stats"]["entropy"] == "NaN"
     assert point["stats"]["reward"] == "Infinity"
+
+
+def test_bare_nan_literals_of_python_json_are_read_and_flagged(api: TestClient) -> None:
+    # json.dumps writes NaN / Infinity as bare literals: not JSON, but what a diverged run sends
+    body = json.dumps([report(0, entropy=math.nan, reward=-math.inf), report(1, entropy=0.5)])
+    r = api.post("/v1/runs/r1/reports", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["nonfinite"] == ["step 0: entropy", "step 0: reward"]
+    steps = api.get("/v1/runs/r1/steps").json()["steps"]
+    assert [s["stats"]["entropy"] for s in steps] == ["NaN", 0.5]
+    assert steps[0]["stats"]["reward"] == "-Infinity"
+
+
+def test_bad_user_values_and_times_are_422_naming_the_field(api: TestClient) -> None:
+    for bad, loc in [
+        ({"step": 0, "user": {"lr": None}}, ["body", "user"]),
+        ([report(0), {"step": 1, "user": {"lr": "fast"}}], ["body", 1, "user"]),
+        ({"step": 0, "time": "NaN"}, ["body", "time"]),
+        ({"rank": 0}, ["body", "step"]),
+        ({"step": 0, "extra": 1}, ["body", "extra"]),
+    ]:
+        r = api.post("/v1/runs/r1/reports", json=bad)
+        assert r.status_code == 422, (bad, r.text)
+        assert r.json()["detail"][0]["loc"] == loc
+    assert api.get("/v1/runs/r1").status_code == 404  # nothing half-stored
 
 
 def test_steps_range_and_downsampling(api: TestClient) -> None:
@@ -176,3 +204,13 @@ def test_steps_can_return_only_some_statistics(api: TestClient) -> None:
     assert point["stats"] == {"entropy": 1.0, "reward": 0.5}
     r = api.get("/v1/runs/r1/steps", params={"stats": "entropy,rewardd"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "stats"]
+
+
+def test_a_run_deleted_through_another_replica_is_listed_again_at_its_next_report(
+    api: TestClient, settings: Settings
+) -> None:
+    with TestClient(create_app(settings)) as other:  # a second replica on the same Redis
+        api.post("/v1/runs/r1/reports", json=report(0))
+        assert other.delete("/v1/runs/r1").status_code == 204
+        api.post("/v1/runs/r1/reports", json=report(1))  # within this replica's refresh window
+        assert [r["run"] for r in other.get("/v1/runs").json()["runs"]] == ["r1"]
