@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,10 +207,12 @@ def main() -> int:
                     time.sleep(0.1)
             common = {"clients": args.clients, "seconds": args.seconds}
             cpu = CpuMeter(server.pid, redis.url)
-            single = post_load(url, batch=1, run="single", **common)
-            batched = post_load(url, batch=args.batch, run="batched", **common)
-            ceiling = raw_redis_load(redis.url, batch=args.batch, **common)
-            results = [cpu.measure(lambda c=c: asyncio.run(c)) for c in (single, batched, ceiling)]
+            modes: list[Callable[[], Coroutine[None, None, Result]]] = [
+                lambda: post_load(url, batch=1, run="single", **common),
+                lambda: post_load(url, batch=args.batch, run="batched", **common),
+                lambda: raw_redis_load(redis.url, batch=args.batch, **common),
+            ]
+            results = [cpu.measure(lambda m=m: asyncio.run(m())) for m in modes]
         finally:
             server.terminate()
             server.wait()
