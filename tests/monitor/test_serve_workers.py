@@ -82,11 +82,13 @@ def test_a_dead_worker_stops_the_service_with_an_error(tmp_path: Path) -> None:
     server = ServerProcess({"ENTMON_DATA_DIR": str(tmp_path)}, args=("--workers", "2")).start()
     assert server.process is not None
     family = psutil.Process(server.process.pid).children(recursive=True)
-    os.kill(_workers(server)[0].pid, signal.SIGKILL)
-    assert server.process.wait(30) == 1
-    assert server.process.stderr is not None
-    assert b"worker died" in server.process.stderr.read()
-    server.stop()
+    try:
+        os.kill(_workers(server)[0].pid, signal.SIGKILL)
+        assert server.process.wait(30) == 1
+        assert server.process.stderr is not None
+        assert b"worker died" in server.process.stderr.read()
+    finally:
+        server.stop()  # a failed assertion leaves no service behind
     _, alive = psutil.wait_procs(family, timeout=15)  # the workers, Redis, multiprocessing's helper
     assert not alive
 
