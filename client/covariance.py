@@ -33,9 +33,9 @@ def is_global(scope: Scope) -> bool:
 class Centred(NamedTuple):
     """Per-token covariance of a selection unit and the means it is centred on.
 
-    `adv_dev` and `score` are by-products kept for the step statistics (None when not made):
-    the advantages' deviations, whose squares sum to the advantage variance, and the ranking
-    KL-Cov's selection used.
+    `adv_dev`, `score` and `top` are by-products kept for the step statistics (None when not
+    made): the advantages' deviations, whose squares sum to the advantage variance, the ranking
+    KL-Cov's selection used and the largest scores it found.
     """
 
     cov: Tensor  # B, T fp32, exactly 0 at masked tokens
@@ -45,6 +45,7 @@ class Centred(NamedTuple):
     scope: Scope
     adv_dev: Tensor | None = None  # B, T fp32: (A - mean A) * keep
     score: Tensor | None = None  # N fp32: cov, masked tokens at the lowest float
+    top: tuple[Tensor, Tensor] | None = None  # the k largest scores (descending), int64 indices
 
 
 @torch.no_grad()

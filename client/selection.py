@@ -7,14 +7,14 @@ real one) and keep the first `budget` entries with a device-side comparison.
 
 - KL-Cov: the K valid tokens with the largest covariance (`topk`, deterministic).
 - Clip-Cov: min(n, #candidates) candidates uniformly at random. Every token draws a uniform key
-  from the caller's `torch.Generator`; the n candidates with the smallest keys are a uniformly
+  from the caller's `torch.Generator`; the n candidates with the largest keys are a uniformly
   random subset, the same distribution as the reference's `randperm` prefix (not the same draw).
 
 Scope. "micro_batch" (the reference, default): the means and the budget are those of the tensors
 passed in. "global": means, token count and budget are all-reduced over the default process
 group, and the threshold is the global K-th largest covariance (KL-Cov) or the global n-th
-smallest key (Clip-Cov), so the selection no longer depends on how the batch is split over ranks
-(verl issue #7829). To make it independent of the micro-batch split as well, call
+smallest hash key (Clip-Cov), so the selection no longer depends on how the batch is split over
+ranks (verl issue #7829). To make it independent of the micro-batch split as well, call
 `select_tokens` once on the whole mini-batch (a no-grad forward gives current log-probs; verl PR
 #7830 does the same) and pass each micro-batch its `Selection.rows(...)`. In global scope the
 Clip-Cov keys are a hash of (seed, global row, position), so a token gets the same key on
@@ -33,8 +33,9 @@ from torch import Tensor
 
 from client.batch import Batch
 from client.covariance import Centred, Scope, centred, is_global
+from client.topk import top_k
 
-_NEVER = 2.0  # Clip-Cov key of a non-candidate: above every uniform key in [0, 1)
+_NEVER = -1.0  # Clip-Cov key of a non-candidate: below every uniform key in [0, 1)
 _M31 = (1 << 31) - 1
 _HASH_MULT = 0x45D9F3B  # < 2**27: products of 31-bit values stay below 2**58, no overflow
 _KEY_NEVER = (1 << 62) + 1  # above every 62-bit hash key
@@ -90,15 +91,14 @@ def kl_cov_selection(
     valid = batch.valid.view(-1)  # N
     # Masked tokens score the lowest float (a multiply-add is cheaper than a `where`).
     score = (batch.keep.view(-1) - 1.0).mul_(-_LOWEST).add_(c.cov.view(-1))  # N
-    count = None
     if is_global(scope):
         k = static_budget(kl_cov_ratio, int(c.n.item()))  # the one host read of global scope
         picked = _global_top(score, valid, k, K, largest=True)
-    else:
-        k = static_budget(kl_cov_ratio, score.numel())
-        picked, count = _local_top(score, valid, k, K, largest=True)
+        return Selection(picked.view_as(batch.valid), batch.valid, K), c._replace(score=score)
+    top = top_k(score, static_budget(kl_cov_ratio, score.numel()))
+    picked, count = _first_eligible(top[1], valid, K)
     selection = Selection(picked.view_as(batch.valid), batch.valid, K, count)
-    return selection, c._replace(score=score)
+    return selection, c._replace(score=score, top=top)
 
 
 @torch.no_grad()
@@ -126,22 +126,17 @@ def clip_cov_selection(
     else:
         keys = torch.rand(shape, generator=generator, device=device)
         keys = torch.where(candidates, keys, keys.new_full((), _NEVER), out=keys).view(-1)
-        k = static_budget(clip_cov_ratio, keys.numel())
-        picked, count = _local_top(keys, candidates.view(-1), k, N, largest=False)
+        idx = top_k(keys, static_budget(clip_cov_ratio, keys.numel()))[1]
+        picked, count = _first_eligible(idx, candidates.view(-1), N)
     return Selection(picked.view_as(batch.valid), candidates, N, count), c
 
 
-def _local_top(
-    score: Tensor, eligible: Tensor, k: int, budget: Tensor, *, largest: bool
-) -> tuple[Tensor, Tensor]:
-    """Mask of the first `budget` (<= k) eligible entries of `score` in topk order, and their
-    number (counted on k entries rather than on the mask)."""
-    picked = torch.zeros_like(eligible)
-    if k == 0:
-        return picked, torch.zeros((), dtype=torch.int64, device=score.device)
-    idx = torch.topk(score, k, largest=largest, sorted=True).indices  # k
-    keep = (torch.arange(k, device=score.device) < budget) & eligible.index_select(0, idx)
-    return picked.index_put_((idx,), keep), torch.count_nonzero(keep)
+def _first_eligible(idx: Tensor, eligible: Tensor, budget: Tensor) -> tuple[Tensor, Tensor]:
+    """Mask of the eligible entries among the first `budget` of `idx` (best first; at most
+    len(idx)), and their number (counted on those entries rather than on the mask)."""
+    k = idx.numel()
+    keep = (torch.arange(k, device=idx.device) < budget) & eligible.index_select(0, idx)
+    return torch.zeros_like(eligible).index_put_((idx,), keep), torch.count_nonzero(keep)
 
 
 def _global_top(
