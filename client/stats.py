@@ -2,7 +2,7 @@
 
 `StepAccumulator.add` is called once per micro-batch. It launches device work only: no
 `.item()`, no boolean indexing, no `bincount` sizing on CUDA. Everything it keeps is device
-tensors: one row of per-micro-batch moments, the histograms' counts (entropy x covariance
+tensors: one row of per-micro-batch moments and sums, the histograms' counts (entropy x covariance
 jointly, added in place) and a running top-k buffer of the highest-covariance tokens; its
 temporaries go to `WorkBuffers` kept from one call to the next. `pack` concatenates
 everything into ONE flat float64 tensor and starts its copy to the host (pinned memory and a
@@ -14,9 +14,12 @@ on the training thread.
 How micro-batches combine into the step's statistics (all token-weighted):
 - means (entropy, logp, advantage, covariance, |log-ratio|, loss, PPO clip fraction) weight each
   micro-batch by its valid tokens;
-- standard deviations (advantage, covariance) are pooled: within-micro-batch plus
-  between-micro-batch variance (Chan et al.), exact, not an average of deviations;
-- counts (tokens, candidates, detached, penalised) add; cov_max is the max;
+- the advantage's standard deviation is pooled: within-micro-batch plus between-micro-batch
+  variance (Chan et al.), exact, not an average of deviations; the covariance's comes from the
+  step's sums of cov and cov^2 (float32 on the device, combined in float64), which spares a
+  centring pass; the difference loses a factor RMS^2 / variance of the sums' precision, about
+  1 in practice, where the covariance's mean is far below its spread;
+- counts (tokens, candidates, detached, penalised) add; cov_max is the max (NaN if any);
 - covariance is computed per micro-batch around that micro-batch's means, the same selection
   unit the reference's Clip-Cov / KL-Cov use;
 - cov_top_concentration is the mean covariance of the top 0.02% valid tokens of the step (at
@@ -35,11 +38,12 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from client.batch import masked_batch, zero_masked
-from client.covariance import centred
+from client.batch import Batch, masked_batch, zero_masked
+from client.covariance import Centred, centred
 from client.histograms import bucket_counts_joint, bucket_counts_unmasked, histogram_wire
 from client.losses import LossStats
 from client.selection import static_budget
+from client.topk import top_k
 from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count, bucket_index
 
 TOP_FRACTION = 2e-4  # the paper's "top 0.02% of tokens"
@@ -51,8 +55,8 @@ _LOWEST = torch.finfo(torch.float32).min  # score of masked tokens: below every 
 # float64. Means are per micro-batch; `unpack` weights them by tokens.
 _COUNTS = ("tokens", "rows", "ent_tokens", "loss_tokens", "stat_tokens", "candidates",
            "detached", "penalised", "budget")  # fmt: skip
-_VALUES = ("lp_mean", "adv_mean", "adv_m2", "cov_mean", "cov_m2", "cov_max", "ent_sum",
-           "abs_lr_mean", "loss", "pen_abs_lr_mean", "clip_frac")  # fmt: skip
+_VALUES = ("lp_mean", "adv_mean", "adv_m2", "cov_sum", "cov_sq", "ent_sum", "abs_lr_mean",
+           "loss", "pen_abs_lr_mean", "clip_frac")  # fmt: skip
 _ROW = _COUNTS + _VALUES
 # Columns of the top-token buffer.
 _TOP = ("cov", "logp", "advantage", "entropy", "token_id", "position")
@@ -160,20 +164,16 @@ class StepAccumulator:
         if c is None or c.scope != "micro_batch":  # statistics are per micro-batch
             c = centred(batch, "micro_batch", out=(self._scratch(5, N), self._scratch(6, N)))
         self._numel += N
-        denom = c.n.clamp(min=1)
         zero_i, zero_f = self._zeros(keep.device)
 
-        # Moments around this micro-batch's means (merged exactly in `unpack`).
+        # The advantages' moments around this micro-batch's mean; the covariance's raw sums
+        # (its mean is small next to its spread, so the float64 difference in `unpack` keeps
+        # the variance; one pass fewer than centring it here).
         adv_dev = c.adv_dev
         if adv_dev is None:
             adv_dev = (batch.advantages.float() - c.adv_mean).mul_(batch.keep)
         adv_dev = adv_dev.view(-1)  # N, 0 at masked tokens
         cov = c.cov.view(-1)  # N, 0 at masked tokens
-        cov_mean = cov.sum() / denom
-        cov_dev = torch.sub(cov, cov_mean, out=self._scratch(0, N)).mul_(keep)  # N
-        score = c.score  # N; masked tokens at the lowest float
-        if score is None:
-            score = torch.sub(keep, 1.0, out=self._scratch(1, N)).mul_(-_LOWEST).add_(cov)
         counts = dict.fromkeys(_COUNTS, zero_i)
         values = dict.fromkeys(_VALUES, zero_f)
         counts["tokens"] = c.n
@@ -181,8 +181,8 @@ class StepAccumulator:
         values["lp_mean"] = c.lp_mean
         values["adv_mean"] = c.adv_mean
         values["adv_m2"] = adv_dev.dot(adv_dev)
-        values["cov_mean"] = cov_mean
-        values["cov_m2"] = cov_dev.dot(cov_dev)
+        values["cov_sum"] = cov.sum()
+        values["cov_sq"] = cov.dot(cov)
 
         # The histograms: masked entries are exactly 0 in both; `unpack` takes them out of
         # the zero buckets. With an entropy, one counting pass over their joint buckets.
@@ -216,9 +216,8 @@ class StepAccumulator:
         else:  # masked entries are 0 in both, so their difference is too
             abs_lr = (batch.log_prob.detach() - batch.old_log_prob).abs().sum()
             counts["stat_tokens"] = c.n
-            values["abs_lr_mean"] = abs_lr.float() / denom
-        # The largest score is the first of the top tokens: no pass of its own.
-        values["cov_max"] = self._update_top(score, log_prob, advantages, entropy, token_ids)
+            values["abs_lr_mean"] = abs_lr.float() / c.n.clamp(min=1)
+        self._update_top(batch, c, entropy, token_ids)
         self._count_rows.append(torch.stack([counts[k] for k in _COUNTS]))
         self._value_rows.append(torch.stack([values[k] for k in _VALUES]))  # float32
 
@@ -233,54 +232,69 @@ class StepAccumulator:
         return zeros
 
     def _scratch(self, slot: int, numel: int) -> Tensor:
-        # Slots: 0 deviations, then entropy; 1 score; 2-4, 7 histogram work; 5, 6 centring.
+        # Slots: 0 entropy; 1 score; 2-4, 7 histogram work; 5, 6 centring.
         return self._work.get(slot, numel, self._device)
 
     def _update_top(
-        self,
-        score: Tensor,
-        log_prob: Tensor,
-        advantages: Tensor,
-        entropy: Tensor | None,
-        token_ids: Tensor | None,
-    ) -> Tensor:
+        self, batch: Batch, c: Centred, entropy: Tensor | None, token_ids: Tensor | None
+    ) -> None:
         """Keep the highest-covariance tokens seen so far: enough for the top-fraction
         statistic over every token seen (a bound known on the host) and for the top tokens.
-        Returns the largest score of this micro-batch (0-d)."""
-        T = log_prob.shape[1]  # positions
-        k = max(self.top_tokens, static_budget(self.top_fraction, self._numel), 1)
-        best, idx = torch.topk(score, min(k, score.numel()), sorted=False)  # k'
+        The first of them is also the step's largest covariance."""
+        T = batch.keep.shape[1]  # positions
+        N = batch.keep.numel()
+        k = min(max(self.top_tokens, static_budget(self.top_fraction, self._numel), 1), N)
+        if c.top is not None and c.top[0].numel() >= k:  # KL-Cov's ranking went further
+            best, idx = c.top[0][:k], c.top[1][:k]
+        else:
+            score = c.score
+            if score is None:  # masked tokens at the lowest float: never above a real one
+                keep = batch.keep.view(-1)
+                score = torch.sub(keep, 1.0, out=self._scratch(1, N)).mul_(-_LOWEST)
+                score = score.add_(c.cov.view(-1))
+            best, idx = top_k(score, k)
+        # The columns of _TOP: floats gathered at the tokens (NaN for what was not given),
+        # then the token ids and positions, integers.
+        nan = best.new_full((), math.nan).expand_as(best)
 
         def at_top(t: Tensor | None) -> Tensor:
-            if t is None:
-                return torch.full_like(best, math.nan, dtype=torch.float64)
-            return t.reshape(-1).index_select(0, idx).double()
+            return nan if t is None else t.reshape(-1).index_select(0, idx)
 
-        columns = [best.double(), at_top(log_prob), at_top(advantages), at_top(entropy)]
-        columns += [at_top(token_ids), (idx % T).double()]
-        top = torch.stack(columns, dim=1)  # k', len(_TOP)
-        if self._top is not None:
+        floats = [best, at_top(batch.log_prob), at_top(batch.advantages), at_top(entropy)]
+        ints = [idx % T]
+        if token_ids is None:
+            floats.append(nan)
+        else:
+            ints.insert(0, at_top(token_ids))
+        top = torch.cat([torch.stack(floats, 1).double(), torch.stack(ints, 1).double()], 1)
+        if self._top is not None:  # merge with the earlier micro-batches' (sorted) tokens
             top = torch.cat([self._top, top])
-        order = torch.topk(top[:, 0], min(k, top.shape[0]), sorted=True).indices
-        self._top = top.index_select(0, order)
-        return best.amax()
+            order = top_k(top[:, 0], min(k, top.shape[0]))[1]
+            top = top.index_select(0, order)
+        self._top = top
 
     @torch.no_grad()
     def pack(self) -> PackedStep:
         """Concatenate the step into one flat tensor, start its copy to the host, reset."""
         if not self._count_rows or self._top is None:
             self.reset()
-            return PackedStep(None, _Layout(0, 0, False, None, self.top_fraction, 0, 0))
+            return PackedStep(None, _Layout(0, 0, False, False, None, self.top_fraction, 0, 0))
         M = len(self._count_rows)  # micro-batches
-        rows = torch.cat(
-            [torch.stack(self._count_rows).double(), torch.stack(self._value_rows).double()],
-            dim=1,
-        )  # M, len(_ROW)
-        flat = torch.cat([rows.view(-1), *self._histograms(), self._top.view(-1)])
+        counts, values = self._count_rows, self._value_rows
+        parts = [
+            (counts[0] if M == 1 else torch.stack(counts)).double().view(-1),  # M x _COUNTS
+            (values[0] if M == 1 else torch.stack(values)).double().view(-1),  # M x _VALUES
+        ]
+        # The histograms go whole (a few thousand counts): `unpack` sums the joint ones.
+        for hist in (self._joint, self._cov_counts):
+            if hist is not None:
+                parts.append(hist.view(-1).double())
+        flat = torch.cat([*parts, self._top.view(-1)])
         layout = _Layout(
             micro_batches=M,
             top_rows=self._top.shape[0],
-            entropy=self._entropy_numel > 0,
+            entropy=self._joint is not None,
+            cov_only=self._cov_counts is not None,
             loss_mode=self._loss_mode,
             top_fraction=self.top_fraction,
             numel=self._numel,
@@ -296,16 +310,6 @@ class StepAccumulator:
             return PackedStep(host, layout, event)
         return PackedStep(flat.to("cpu"), layout)
 
-    def _histograms(self) -> tuple[Tensor, Tensor]:
-        """The step's entropy and covariance counts (float64; entropy all 0 when none came)."""
-        joint, cov = self._joint, self._cov_counts
-        if joint is None:
-            sizes = (bucket_count(ENTROPY_LAYOUT) + 1, bucket_count(COVARIANCE_LAYOUT) + 1)
-            joint = torch.zeros(sizes, dtype=torch.int64, device=self._device)
-        by_cov = joint.sum(dim=0)
-        cov = by_cov if cov is None else cov.add_(by_cov)
-        return joint.sum(dim=1).double(), cov.double()
-
 
 @dataclass(frozen=True)
 class _Layout:
@@ -313,7 +317,8 @@ class _Layout:
 
     micro_batches: int
     top_rows: int  # rows of the top-token buffer
-    entropy: bool  # whether the entropy histogram is there
+    entropy: bool  # whether the joint entropy x covariance counts are there
+    cov_only: bool  # whether covariance counts of micro-batches without entropy are there
     loss_mode: str | None  # None when no loss statistics were given
     top_fraction: float
     numel: int  # tokens passed in, masked included: masked ones sit in the zero buckets
@@ -347,27 +352,38 @@ class PackedStep:
             return {"stats": {}, "histograms": {}, "top_tokens": [], "user": {}}
         if self._event is not None:
             self._event.synchronize()
-        values = self._host.tolist()
-        L = self._layout
-        pos = L.micro_batches * len(_ROW)
+        host, L = self._host, self._layout
+        M = L.micro_batches
+        pos = M * len(_ROW)
+        counts, values = host[: M * len(_COUNTS)].tolist(), host[M * len(_COUNTS) : pos].tolist()
         rows = [
-            dict(zip(_ROW, values[i : i + len(_ROW)], strict=True))
-            for i in range(0, pos, len(_ROW))
+            dict(zip(_COUNTS, counts[i * len(_COUNTS) : (i + 1) * len(_COUNTS)], strict=True))
+            | dict(zip(_VALUES, values[i * len(_VALUES) : (i + 1) * len(_VALUES)], strict=True))
+            for i in range(M)
         ]
-        histograms: dict[str, Any] = {}
-        for name, layout, present, numel, valid in (
-            ("entropy", ENTROPY_LAYOUT, L.entropy, L.entropy_numel, "ent_tokens"),
-            ("covariance", COVARIANCE_LAYOUT, True, L.numel, "tokens"),
-        ):
-            size = bucket_count(layout) + 1
-            counts = values[pos : pos + size]
+        by_cov = torch.zeros(bucket_count(COVARIANCE_LAYOUT) + 1, dtype=host.dtype)
+        by_entropy = None
+        if L.entropy:
+            size = (bucket_count(ENTROPY_LAYOUT) + 1) * by_cov.numel()
+            joint = host[pos : pos + size].view(-1, by_cov.numel())
             pos += size
-            if not present:
+            by_entropy, by_cov = joint.sum(dim=1), joint.sum(dim=0)
+        if L.cov_only:
+            by_cov += host[pos : pos + by_cov.numel()]
+            pos += by_cov.numel()
+        histograms: dict[str, Any] = {}
+        for name, layout, hist, numel, valid in (
+            ("entropy", ENTROPY_LAYOUT, by_entropy, L.entropy_numel, "ent_tokens"),
+            ("covariance", COVARIANCE_LAYOUT, by_cov, L.numel, "tokens"),
+        ):
+            if hist is None:
                 continue
+            bucket_counts = hist.tolist()
             # Masked entries were counted as zeros: take them back out.
-            counts[bucket_index(layout, 0.0)] -= numel - sum(r[valid] for r in rows)
-            histograms[name] = histogram_wire(layout, counts)
-        top = [values[i : i + len(_TOP)] for i in range(pos, len(values), len(_TOP))]
+            bucket_counts[bucket_index(layout, 0.0)] -= numel - sum(r[valid] for r in rows)
+            histograms[name] = histogram_wire(layout, bucket_counts)
+        top_values = host[pos:].tolist()
+        top = [top_values[i : i + len(_TOP)] for i in range(0, len(top_values), len(_TOP))]
         stats, user = _combine(rows, [t[0] for t in top], L)
         return {
             "stats": stats,
@@ -398,8 +414,11 @@ def _combine(
 
     stats["logp_mean"] = weighted("lp_mean")
     stats["adv_mean"], stats["adv_std"] = pooled("adv_mean", "adv_m2")
-    stats["cov_mean"], stats["cov_std"] = pooled("cov_mean", "cov_m2")
-    stats["cov_max"] = max((r["cov_max"] for r in rows if r["tokens"]), key=_nan_first)
+    cov_sum = sum(r["cov_sum"] for r in rows)
+    stats["cov_mean"] = cov_sum / N
+    cov_var = (sum(r["cov_sq"] for r in rows) - cov_sum * stats["cov_mean"]) / N
+    stats["cov_std"] = math.sqrt(max(cov_var, 0.0))  # rounding may leave -0.x; NaN stays
+    stats["cov_max"] = top_cov[0]  # NaN when there is one: topk ranks it first
     k = max(int(L.top_fraction * N), 1)  # the top 0.02% of the step's tokens, at least one
     top = top_cov[:k]
     stats["cov_top_concentration"] = _ratio(math.fsum(top) / len(top), stats["cov_mean"])
@@ -425,10 +444,6 @@ def _combine(
             budget = sum(r["budget"] for r in rows)
             user["selection_effective_ratio"] = budget / sum(r["stat_tokens"] for r in rows)
     return stats, user
-
-
-def _nan_first(x: float) -> float:
-    return math.inf if math.isnan(x) else x  # max() must not skip a NaN: the run diverged
 
 
 def _ratio(a: float, b: float) -> float:

@@ -154,6 +154,27 @@ def test_loss_statistics_are_token_weighted_and_mode_specific(mode: str) -> None
 
 
 @pytest.mark.parametrize("mode", ["vanilla", "clip_cov", "kl_cov"])
+def test_top_tokens_of_large_micro_batches_match_the_definition(mode: str) -> None:
+    # 2 micro-batches of 65 536 tokens: the chunked top-k on CPU, and for KL-Cov the ranking
+    # its selection already made (its K = 131 covers the 16 top tokens).
+    batch = make(5, B=32, T=4096)
+    control = Control(loss_mode=mode)
+    acc = StepAccumulator()
+    for b in parts(batch, 2):
+        lp, old, adv, mask = (
+            b[k] for k in ("log_prob", "old_log_prob", "advantages", "response_mask")
+        )
+        loss, s = policy_loss(lp, old, adv, mask, control)
+        add(acc, b, loss=loss, loss_stats=s)
+    out = acc.pack().unpack()
+    ref = reference(batch, 2)
+    want = torch.sort(ref["cov"], descending=True).values[:16]
+    assert [t["cov"] for t in out["top_tokens"]] == pytest.approx(want.tolist(), rel=1e-5)
+    for name in ("cov_max", "cov_top_concentration", "cov_std"):
+        assert out["stats"][name] == pytest.approx(float(ref[name]), rel=1e-5), name
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "clip_cov", "kl_cov"])
 def test_loss_add_and_pack_never_read_the_device(
     mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
