@@ -6,8 +6,9 @@ a `topk` of a size the host knows from the shapes (the budget at a full mask, wh
 real one) and keep the first `budget` entries with a device-side comparison.
 
 - KL-Cov: the K valid tokens with the largest covariance (`topk`, deterministic).
-- Clip-Cov: min(n, #candidates) candidates uniformly at random. Every token draws a uniform key
-  from the caller's `torch.Generator`; the n candidates with the largest keys are a uniformly
+- Clip-Cov: min(n, #candidates) candidates uniformly at random. Every token draws a random
+  31-bit key from the caller's `torch.Generator` (two per 64-bit draw: on CPU a draw costs
+  more than any other pass of the loss); the n candidates with the largest keys are a uniformly
   random subset, the same distribution as the reference's `randperm` prefix (not the same draw).
 
 Scope. "micro_batch" (the reference, default): the means and the budget are those of the tensors
@@ -35,7 +36,7 @@ from client.batch import Batch
 from client.covariance import Centred, Scope, centred, is_global
 from client.topk import top_k
 
-_NEVER = -1.0  # Clip-Cov key of a non-candidate: below every uniform key in [0, 1)
+_NEVER = -(1 << 31)  # Clip-Cov key of a non-candidate: below every (odd) int32 key
 _M31 = (1 << 31) - 1
 _HASH_MULT = 0x45D9F3B  # < 2**27: products of 31-bit values stay below 2**58, no overflow
 _KEY_NEVER = (1 << 62) + 1  # above every 62-bit hash key
@@ -124,11 +125,19 @@ def clip_cov_selection(
         k = static_budget(clip_cov_ratio, int(c.n.item()))  # the one host read of global scope
         picked = _global_top(keys, candidates.view(-1), k, N, largest=False)
     else:
-        keys = torch.rand(shape, generator=generator, device=device)
-        keys = torch.where(candidates, keys, keys.new_full((), _NEVER), out=keys).view(-1)
+        keys = _random_keys(candidates.numel(), generator, device)
+        keys = torch.where(
+            candidates.view(-1), keys.bitwise_or_(1), keys.new_full((), _NEVER), out=keys
+        )
         idx = top_k(keys, static_budget(clip_cov_ratio, keys.numel()))[1]
         picked, count = _first_eligible(idx, candidates.view(-1), N)
     return Selection(picked.view_as(batch.valid), candidates, N, count), c
+
+
+def _random_keys(n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """n uniformly random int32 values, from (n + 1) // 2 random 64-bit words."""
+    words = torch.empty((n + 1) // 2, dtype=torch.int64, device=device)
+    return words.random_(-(1 << 63), None, generator=generator).view(torch.int32)[:n]
 
 
 def _first_eligible(idx: Tensor, eligible: Tensor, budget: Tensor) -> tuple[Tensor, Tensor]:
