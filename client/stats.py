@@ -253,17 +253,18 @@ class StepAccumulator:
                 score = torch.sub(keep, 1.0, out=self._scratch(1, N)).mul_(-_LOWEST)
                 score = score.add_(c.cov.view(-1))
             best, idx = top_k(score, k)
+
         # The columns of _TOP: floats gathered at the tokens (NaN for what was not given),
         # then the token ids and positions, integers.
-        nan = best.new_full((), math.nan).expand_as(best)
-
         def at_top(t: Tensor | None) -> Tensor:
-            return nan if t is None else t.reshape(-1).index_select(0, idx)
+            if t is None:
+                return best.new_full(best.shape, math.nan)
+            return t.reshape(-1).index_select(0, idx)
 
         floats = [best, at_top(batch.log_prob), at_top(batch.advantages), at_top(entropy)]
         ints = [idx % T]
         if token_ids is None:
-            floats.append(nan)
+            floats.append(at_top(None))
         else:
             ints.insert(0, at_top(token_ids))
         top = torch.cat([torch.stack(floats, 1).double(), torch.stack(ints, 1).double()], 1)
