@@ -51,13 +51,12 @@ DEFAULT_TOP_TOKENS = 16
 MAX_TEXT_CHARS = 256  # the wire's limit on a top token's decoded text
 _LOWEST = torch.finfo(torch.float32).min  # score of masked tokens: below every real covariance
 
-# One row per micro-batch: counts (int64 on the device) then float32 values, both sent as
-# float64. Means are per micro-batch; `unpack` weights them by tokens.
+# Per micro-batch: counts (int64 on the device) and float32 values, packed as float64, all
+# micro-batches' counts first. Means are per micro-batch; `unpack` weights them by tokens.
 _COUNTS = ("tokens", "rows", "ent_tokens", "loss_tokens", "stat_tokens", "candidates",
            "detached", "penalised", "budget")  # fmt: skip
 _VALUES = ("lp_mean", "adv_mean", "adv_m2", "cov_sum", "cov_sq", "ent_sum", "abs_lr_mean",
            "loss", "pen_abs_lr_mean", "clip_frac")  # fmt: skip
-_ROW = _COUNTS + _VALUES
 # Columns of the top-token buffer.
 _TOP = ("cov", "logp", "advantage", "entropy", "token_id", "position")
 
@@ -279,7 +278,7 @@ class StepAccumulator:
         """Concatenate the step into one flat tensor, start its copy to the host, reset."""
         if not self._count_rows or self._top is None:
             self.reset()
-            return PackedStep(None, _Layout(0, 0, False, False, None, self.top_fraction, 0, 0))
+            return PackedStep(None, _Layout(0, False, False, None, self.top_fraction, 0, 0))
         M = len(self._count_rows)  # micro-batches
         counts, values = self._count_rows, self._value_rows
         parts = [
@@ -293,7 +292,6 @@ class StepAccumulator:
         flat = torch.cat([*parts, self._top.view(-1)])
         layout = _Layout(
             micro_batches=M,
-            top_rows=self._top.shape[0],
             entropy=self._joint is not None,
             cov_only=self._cov_counts is not None,
             loss_mode=self._loss_mode,
@@ -317,7 +315,6 @@ class _Layout:
     """Static description of a packed step (what is where in the flat tensor)."""
 
     micro_batches: int
-    top_rows: int  # rows of the top-token buffer
     entropy: bool  # whether the joint entropy x covariance counts are there
     cov_only: bool  # whether covariance counts of micro-batches without entropy are there
     loss_mode: str | None  # None when no loss statistics were given
@@ -355,7 +352,7 @@ class PackedStep:
             self._event.synchronize()
         host, L = self._host, self._layout
         M = L.micro_batches
-        pos = M * len(_ROW)
+        pos = M * (len(_COUNTS) + len(_VALUES))
         counts, values = host[: M * len(_COUNTS)].tolist(), host[M * len(_COUNTS) : pos].tolist()
         rows = [
             dict(zip(_COUNTS, counts[i * len(_COUNTS) : (i + 1) * len(_COUNTS)], strict=True))
