@@ -37,7 +37,6 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +53,8 @@ from monitor.schemas import StepPoint
 from monitor.thermostat import Settings, State, StepInput, Target, decide
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("vanilla", "fixed", "skywork", "entropic", "thermostat")
-TARGETED = ("skywork", "entropic", "thermostat")  # run once per target mode
+METHODS = ("vanilla", "fixed", "skywork", "entropic", "thermostat", "thermostat_ff")
+TARGETED = ("skywork", "entropic", "thermostat", "thermostat_ff")  # run once per target mode
 TARGETS = ("schedule", "constant")
 LABELS = {
     "vanilla": "GRPO (baseline)",
@@ -63,9 +62,11 @@ LABELS = {
     "skywork": "Skywork-OR1",
     "entropic": "EntroPIC",
     "thermostat": "thermostat (ours)",
+    "thermostat_ff": "ours + cov feed-forward",
 }
 COLORS = {"vanilla": "tab:gray", "fixed": "tab:blue", "skywork": "tab:green",
-          "entropic": "tab:purple", "thermostat": "tab:red"}  # fmt: skip
+          "entropic": "tab:purple", "thermostat": "tab:red",
+          "thermostat_ff": "tab:orange"}  # fmt: skip
 DELAY = 2  # a decision on step k runs from step k + 2
 FINAL_STEPS = 50
 LAST_STEPS = 150
@@ -76,6 +77,7 @@ CONSTANT = 0.8
 SKYWORK_DELTA, SKYWORK_MAX = 1e-4, 5e-3
 ENTROPIC_KP, ENTROPIC_KI = 1.0, 0.01
 ENTROPIC_SCALE = 1.0  # |alpha| = 1 is the thermostat's upper bound on entropy_coeff
+FEEDFORWARD = 1.0  # thermostat_ff: the law with covariance feed-forward at this gain
 HYSTERESIS = 0.05  # sign changes counted beyond +-5% of the target too
 
 
@@ -197,7 +199,7 @@ class BenchMonitor:
                 if value is not None and value != self._latest_value():
                     self.latest += 1
                     self.pending.append((step + DELAY, self.latest, value))
-        for first, version, value in [p for p in self.pending if p[0] == step + 1]:
+        for _first, version, value in [p for p in self.pending if p[0] == step + 1]:
             self.coeff, self.version = value, version
         self.pending = [p for p in self.pending if p[0] > step + 1]
 
@@ -219,8 +221,8 @@ def best_fixed() -> str:
     path = ROOT / "docs" / "reproduce.json"
     try:
         methods = json.loads(path.read_text())["summary"]["methods"]
-        fixed = {m: s["final_reward"][0] for m, s in methods.items() if m != "vanilla"}
-        return max(fixed, key=lambda m: fixed[m])
+        fixed = {str(m): s["final_reward"][0] for m, s in methods.items() if m != "vanilla"}
+        return max(fixed, key=lambda m: float(fixed[m]))
     except (OSError, KeyError, ValueError):
         return "clip_cov"
 
@@ -239,6 +241,9 @@ def run_one(job: tuple[str, str, int, int, dict[str, Any]]) -> dict[str, Any]:
         controller = EntroPIC(target)
     elif method == "thermostat":
         controller = Thermostat(thermostat_settings(target, **law_overrides))
+    elif method == "thermostat_ff":
+        settings = thermostat_settings(target, **({"feedforward": FEEDFORWARD} | law_overrides))
+        controller = Thermostat(settings)
     mon = BenchMonitor(control, controller)
     t0 = time.perf_counter()
     records = train(ToyConfig(seed=seed, steps=steps), mon)
@@ -257,6 +262,26 @@ def run_one(job: tuple[str, str, int, int, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def from_reproduction(seeds: list[int], steps: int) -> list[dict[str, Any]]:
+    """vanilla and the best fixed method's runs from docs/reproduce.json, in this file's form."""
+    saved = json.loads((ROOT / "docs" / "reproduce.json").read_text())
+    fixed = best_fixed()
+    out = []
+    for r in saved["runs"]:
+        if r["method"] not in ("vanilla", fixed) or r["seed"] not in seeds:
+            continue
+        H = r["entropy"][:steps]
+        rows = [{"step": float(k), "entropy": h} for k, h in enumerate(H)]
+        out.append({
+            "method": "vanilla" if r["method"] == "vanilla" else "fixed",
+            "target_mode": "none", "seed": r["seed"], "seconds": r["seconds"],
+            "entropy": H, "reward": r["reward"][:steps], "coeff": [0.0] * len(H),
+            "cov_mean": [], "changes": 0, "reasons": [], "from": "docs/reproduce.json",
+            "exploding": [exploding_at(rows[: k + 1]) for k in range(len(H))],
+        })  # fmt: skip
+    return out
+
+
 def metrics(run: dict[str, Any], mode: str) -> dict[str, Any]:
     """Tracking figures of one run against the target `mode` (see the module docstring)."""
     H, R = run["entropy"], run["reward"]
@@ -272,7 +297,7 @@ def metrics(run: dict[str, Any], mode: str) -> dict[str, Any]:
     else:
         judged_from = reached if reached is not None else n
     after = rel[judged_from:]
-    last = rel[-min(LAST_STEPS, n):]
+    last = rel[-min(LAST_STEPS, n) :]
     return {
         "reached_at": reached,
         "judged_from": judged_from,
@@ -283,7 +308,7 @@ def metrics(run: dict[str, Any], mode: str) -> dict[str, Any]:
         "sign_changes": _sign_changes(after, 0.0),
         "sign_changes_5pct": _sign_changes(after, HYSTERESIS),
         "exploding_steps": sum(run["exploding"]),
-        "reward_last50": statistics.fmean(R[-min(FINAL_STEPS, n):]),
+        "reward_last50": statistics.fmean(R[-min(FINAL_STEPS, n) :]),
     }
 
 
@@ -317,7 +342,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def goals(summary: dict[str, Any]) -> list[str]:
     """The issue's goals, each with MET / NOT MET and the numbers."""
-    lines = []
+    lines: list[str] = []
     sched = summary.get("schedule", {})
     ours = sched.get("thermostat", {}).get("per_seed", {})
     if not ours:
@@ -370,13 +395,15 @@ def report(summary: dict[str, Any]) -> str:
                 if mode == "schedule" else
                 f"constant {CONSTANT} x start, judged from step {CONSTANT_FROM}")  # fmt: skip
         lines.append(f"target: {desc}")
-        head = (f"{'method':18} {'seed':>4} {'reach':>5} {'track':>7} {'last150':>7} "
-                f"{'over-':>6} {'over+':>6} {'signs':>5} {'>5%':>4} {'expl':>4} {'R last50':>8}")  # fmt: skip
+        head = (
+            f"{'method':24} {'seed':>4} {'reach':>5} {'track':>7} {'last150':>7} {'over-':>6} "
+            f"{'over+':>6} {'signs':>5} {'>5%':>4} {'expl':>4} {'R last50':>8}"
+        )
         lines += [head, "-" * len(head)]
         for m, row in rows.items():
             for seed, x in row["per_seed"].items():
                 lines.append(
-                    f"{LABELS[m]:18} {seed:>4} {x['reached_at'] if x['reached_at'] is not None else '-':>5} "
+                    f"{LABELS[m]:24} {seed:>4} {_reach(x['reached_at']):>5} "
                     f"{_short(x['track']):>7} {_short(x['track_last150']):>7} "
                     f"{_short(x['overshoot_below']):>6} {_short(x['overshoot_above']):>6} "
                     f"{x['sign_changes']:>5} {x['sign_changes_5pct']:>4} "
@@ -390,6 +417,10 @@ def report(summary: dict[str, Any]) -> str:
                  "`exploding`")  # fmt: skip
     lines += goals(summary)
     return "\n".join(lines)
+
+
+def _reach(step: int | None) -> str:
+    return "-" if step is None else str(step)
 
 
 def _short(x: float | None) -> str:
@@ -435,7 +466,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 
 
 def _smooth(xs: list[float], k: int) -> list[float]:
-    return [statistics.fmean(xs[max(0, i - k + 1): i + 1]) for i in range(len(xs))]
+    return [statistics.fmean(xs[max(0, i - k + 1) : i + 1]) for i in range(len(xs))]
 
 
 def _number(text: str) -> float | int:
@@ -446,13 +477,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=ToyConfig.steps)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                         help="override a thermostat setting (exploration only)")  # fmt: skip
     parser.add_argument("--replot", action="store_true")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[], metavar="JSON",
+                        help="also take the runs of these thermostat.json files (those not run "
+                        "now): a benchmark assembled from runs made separately")  # fmt: skip
+    parser.add_argument("--from-reproduction", action="store_true",
+                        help="take vanilla and fixed from docs/reproduce.json (same toy, seeds "
+                        "and steps; no bonus: the same training) instead of running")  # fmt: skip
     args = parser.parse_args(argv)
     if args.replot:
         saved: dict[str, Any] = json.loads((args.out / "thermostat.json").read_text())
@@ -473,8 +510,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{run['seconds']:.0f} s", flush=True)  # fmt: skip
     else:
         runs = [run_one(j) for j in jobs]
-    order = [(j[0], j[1], j[2]) for j in jobs]
-    runs.sort(key=lambda r: order.index((r["method"], r["target_mode"], r["seed"])))
+    if args.from_reproduction:
+        done = {(r["method"], r["seed"]) for r in runs}
+        runs += [
+            r
+            for r in from_reproduction(args.seeds, args.steps)
+            if (r["method"], r["seed"]) not in done
+        ]
+    for path in args.merge:
+        done_keys = {(r["method"], r["target_mode"], r["seed"]) for r in runs}
+        runs += [r for r in json.loads(path.read_text())["runs"]
+                 if (r["method"], r["target_mode"], r["seed"]) not in done_keys]  # fmt: skip
+    runs.sort(key=lambda r: (METHODS.index(r["method"]), r["target_mode"], r["seed"]))
     summary = summarise(runs)
     text = report(summary)
     if overrides:
@@ -482,10 +529,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(text)
     print(f"total {time.perf_counter() - t0:.0f} s with {args.jobs} parallel runs")
     result = {
-        "config": {"steps": args.steps, "seeds": args.seeds, "delay": DELAY,
-                   "schedule": SCHEDULE, "constant": CONSTANT, "fixed": best_fixed(),
-                   "thermostat": thermostat_settings(target_for("schedule", args.steps),
-                                                     **overrides).to_dict()},  # fmt: skip
+        "config": {
+            "steps": args.steps,
+            "seeds": args.seeds,
+            "delay": DELAY,
+            "schedule": SCHEDULE,
+            "constant": CONSTANT,
+            "fixed": best_fixed(),
+            "thermostat": thermostat_settings(
+                target_for("schedule", args.steps), **overrides
+            ).to_dict(),
+        },
         "summary": summary,
         "report": text,
         "runs": runs,

@@ -6,6 +6,7 @@ law, its defaults and the measurements behind them. In short, with u = ln(knob v
 
     e   = ln(target(step + lead) / H_pred)        log error, > 0 when entropy is too low
     du  = kp * (e - e_prev) + ki * dt * e + kff * (ln cov - ln cov_prev)   (velocity form)
+    (H and cov: moving averages over the steps, `smoothing`)
     u  <- clamp(u + clamp(du, +-max_step), ln floor, ln upper)
 
 Velocity form is the anti-windup: the integral lives in u itself, so a knob held at a bound
@@ -16,6 +17,7 @@ the knob fast (past the rate limit) when entropy overshoots the band or the run 
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from dataclasses import asdict, dataclass, replace
@@ -40,11 +42,11 @@ DEFAULT_UPPER: dict[Knob, float] = {
     "clip_cov_ratio": 1.0,
     "ppo_kl_coef": 10.0,
     "clip_ratio_high": 1.0,
-    "entropy_coeff": 1.0,
+    "entropy_coeff": 0.5,
 }
 
-DEFAULT_FLOOR_FRACTION = 0.01
-"""floor = upper / 100 unless set: low enough to be nearly off, high enough that a knob re-entering
+DEFAULT_FLOOR_FRACTION = 0.03
+"""floor = 3% of upper unless set: low enough to be nearly off, high enough that a knob re-entering
 from 0 reaches a useful value in a few rate-limited decisions (ln 100 / max_step)."""
 
 Mode = Literal["running", "paused"]
@@ -126,7 +128,7 @@ class Target:
         pts = self.points
         if step <= pts[0][0]:
             return pts[0][1] * scale
-        for (s0, v0), (s1, v1) in zip(pts, pts[1:], strict=False):
+        for (s0, v0), (s1, v1) in itertools.pairwise(pts):
             if step <= s1:
                 return (v0 + (v1 - v0) * (step - s0) / (s1 - s0)) * scale
         return pts[-1][1] * scale
@@ -152,6 +154,10 @@ class Settings:
     `guard_cut` (multiplicative, past the rate limit); `exploding` sets it to `lower`.
     feedforward: gain on the change of ln(mean covariance) (dH ~ -eta Cov: the bonus that
     cancels the drift scales with Cov); 0 turns it off.
+    smoothing: weight of the newest step in the moving averages of ln H and of the covariance
+    the law acts on (1: no smoothing). A step's entropy is measured on that step's prompts
+    only, so it scatters by several percent around the policy's; the average sees every step,
+    also those the law does not act on.
     """
 
     target: Target
@@ -160,14 +166,15 @@ class Settings:
     upper: float | None = None  # None: DEFAULT_UPPER[knob]
     floor: float | None = None  # None: upper * DEFAULT_FLOOR_FRACTION
     band: float | None = None
-    kp: float = 2.0
-    ki: float = 0.3
-    max_step: float = 0.5
+    kp: float = 6.0
+    ki: float = 0.5
+    max_step: float = 0.7
     lead: int = 2
     min_change: float = 0.02
     guard_margin: float = 0.15
     guard_cut: float = 0.5
     feedforward: float = 0.0
+    smoothing: float = 0.5
     start_steps: int = START_STEPS
 
     def __post_init__(self) -> None:
@@ -189,11 +196,16 @@ class Settings:
         if self.band is not None:
             _finite("band", self.band, positive=True)
             if self.band >= 1:
-                raise SettingsError("band", f"is a fraction of the target, must be < 1: {self.band}")
+                raise SettingsError(
+                    "band", f"is a fraction of the target, must be < 1: {self.band}"
+                )
         for name in ("kp", "ki", "feedforward", "min_change", "guard_margin"):
             _finite(name, getattr(self, name), low=0.0)
         _finite("max_step", self.max_step, positive=True)
         _finite("guard_cut", self.guard_cut, positive=True)
+        _finite("smoothing", self.smoothing, positive=True)
+        if self.smoothing > 1:
+            raise SettingsError("smoothing", f"must be in (0, 1], got {self.smoothing}")
         if self.guard_cut >= 1:
             raise SettingsError("guard_cut", f"must be < 1 (a cut), got {self.guard_cut}")
         for name in ("lead", "start_steps"):
@@ -251,7 +263,9 @@ class State:
     u: float | None = None  # ln of the commanded knob value (None: not yet commanded)
     last_error: float | None = None  # e at the last decision (velocity form)
     last_step: int | None = None  # step of the last decision
-    last_cov: float | None = None  # mean covariance at the last decision (feed-forward)
+    last_cov: float | None = None  # smoothed covariance at the last decision (feed-forward)
+    log_h: float | None = None  # moving average of ln H over every finite step
+    cov: float | None = None  # moving average of the mean covariance
     start: tuple[float, ...] = ()  # the first finite entropies, until start_steps
     decisions: int = 0  # knob changes written
 
@@ -311,17 +325,19 @@ def _fmt(x: float) -> str:
 def decide(settings: Settings, state: State, step: StepInput) -> Decision:
     """One decision on one merged step (see the module docstring)."""
     s = settings
-    knob = s.knob
     if state.mode == "paused":
         return Decision(None, state, f"paused: {state.reason}", "paused")
     H = step.entropy
     if step.non_finite or not math.isfinite(H):
-        why = f"non-finite entropy at step {step.step} ({H})" if not math.isfinite(H) else (
-            f"non-finite statistics at step {step.step}"
+        why = (
+            f"non-finite entropy at step {step.step} ({H})"
+            if not math.isfinite(H)
+            else (f"non-finite statistics at step {step.step}")
         )
         return Decision(None, replace(state, mode="paused", reason=why), f"paused: {why}", "pause")
     if len(state.start) < s.start_steps:
         state = replace(state, start=(*state.start, H))
+    state = _smoothed(s, state, step)
     start = state.start_entropy(s)
     target = s.target.at(step.step + s.lead, start)
     target_now = s.target.at(step.step, start)
@@ -341,14 +357,16 @@ def decide(settings: Settings, state: State, step: StepInput) -> Decision:
         current, floor
     ):  # the knob is where the law left it: keep the moves too small to have been written
         u_now = state.u
-    error = math.log(target / H) if H > 0 else math.inf
+    Hs = math.exp(state.log_h) if state.log_h is not None else H  # what the law acts on
+    error = math.log(target / Hs) if Hs > 0 else math.inf
+    shown = f"H {_fmt(H)}" if Hs == H else f"H {_fmt(H)} (smoothed {_fmt(Hs)})"
 
     over = 1.0 + max(s.band or 0.0, s.guard_margin)
-    if step.exploding or H > target_now * over:
+    if step.exploding or Hs > target_now * over:
         new = lo if step.exploding or current <= floor else max(current * s.guard_cut, lo)
-        why = "run exploding" if step.exploding else f"H {_fmt(H)} > {_fmt(over)} x target"
+        why = "run exploding" if step.exploding else f"{shown} > {_fmt(over)} x target"
         new_state = replace(state, u=math.log(max(new, floor)), last_error=None,
-                            last_step=step.step, last_cov=step.cov_mean)  # fmt: skip
+                            last_step=step.step, last_cov=state.cov)  # fmt: skip
         return _written(s, new_state, current, new, f"guard: {why} {_fmt(target_now)}",
                         "guard", target, error)  # fmt: skip
 
@@ -360,10 +378,14 @@ def decide(settings: Settings, state: State, step: StepInput) -> Decision:
     dt = min(step.step - state.last_step, 2 * max(s.lead, 1)) if state.last_step is not None else 1
     de = e - state.last_error if state.last_error is not None else 0.0
     du = s.kp * de + s.ki * max(dt, 1) * e
-    cov = step.cov_mean
-    if s.feedforward and cov is not None and state.last_cov is not None:
-        if cov > 0 and state.last_cov > 0:
-            du += s.feedforward * math.log(cov / state.last_cov)
+    cov = state.cov
+    if (
+        s.feedforward
+        and cov is not None
+        and state.last_cov is not None
+        and min(cov, state.last_cov) > 0
+    ):
+        du += s.feedforward * math.log(cov / state.last_cov)
     du = max(-s.max_step, min(s.max_step, du))
     # At a bound the knob leaves it only in the direction the error asks for: the velocity
     # form's proportional kick (error shrinking while still of the same sign) must not pull a
@@ -381,9 +403,23 @@ def decide(settings: Settings, state: State, step: StepInput) -> Decision:
         if current < floor:  # re-entry from 0: start at the floor, then climb
             new = max(new, floor)
     new_state = replace(state, u=u, last_error=e, last_step=step.step, last_cov=cov)
-    side = "<" if H < target else ">="
-    head = f"H {_fmt(H)} {side} target {_fmt(target)} (step {step.step + s.lead})"
+    side = "<" if Hs < target else ">="
+    head = f"{shown} {side} target {_fmt(target)} (step {step.step + s.lead})"
     return _written(s, new_state, current, new, head, "set", target, error)
+
+
+def _smoothed(s: Settings, state: State, step: StepInput) -> State:
+    """The moving averages updated with this step (every finite step counts)."""
+    a = s.smoothing
+    log_h = math.log(step.entropy) if step.entropy > 0 else None
+    if log_h is not None and state.log_h is not None:
+        log_h = state.log_h + a * (log_h - state.log_h)
+    cov = step.cov_mean if step.cov_mean is not None and math.isfinite(step.cov_mean) else None
+    if cov is None:
+        cov = state.cov
+    elif state.cov is not None:
+        cov = state.cov + a * (cov - state.cov)
+    return replace(state, log_h=log_h, cov=cov)
 
 
 def _written(

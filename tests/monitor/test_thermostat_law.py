@@ -21,7 +21,7 @@ def primed(settings: Settings) -> State:
 
 def settings(**kw: object) -> Settings:
     base: dict[str, object] = {"target": Target.absolute(1.0), "knob": "entropy_coeff",
-                               "upper": 1.0, "floor": 0.01}  # fmt: skip
+                               "upper": 1.0, "floor": 0.01, "smoothing": 1.0}  # fmt: skip
     return Settings(**(base | kw))  # type: ignore[arg-type]
 
 
@@ -124,7 +124,19 @@ def test_never_acts_on_a_step_that_ran_an_older_control() -> None:
     s = settings()
     state = primed(s)
     d = decide(s, state, step(10, 0.2, 0.3, ran_latest=False))
-    assert d.value is None and d.action == "skip" and d.state == state
+    assert d.value is None and d.action == "skip"
+    assert replace(d.state, log_h=state.log_h) == state  # only the entropy average moved
+
+
+def test_the_law_acts_on_a_moving_average_of_the_entropy() -> None:
+    s = settings(smoothing=0.5, min_change=0.0, guard_margin=10.0, kp=0.0)
+    state = primed(s)  # average ln 2
+    d = decide(s, state, step(10, 0.5, 0.3))  # one low step: average ln 1 = the target
+    assert d.state.log_h == pytest.approx(0.0)
+    assert d.value is None or d.value == pytest.approx(0.3)
+    assert "H 0.5 (smoothed 1)" in d.reason
+    raw = decide(replace(s, smoothing=1.0), state, step(10, 0.5, 0.3))
+    assert raw.value is not None and raw.value > 0.3
 
 
 def test_reason_carries_the_numbers() -> None:
@@ -153,7 +165,9 @@ def test_covariance_feedforward_raises_the_knob_before_the_entropy_falls() -> No
     state = primed(s)
     first = decide(s, state, step(10, 1.0, 0.3, cov_mean=0.01))
     d = decide(s, first.state, step(11, 1.0, 0.3, cov_mean=0.02))  # covariance doubled
-    assert d.value is not None and d.value == pytest.approx(0.3 * math.exp(min(math.log(2), 0.5)))
+    assert d.value is not None and d.value == pytest.approx(
+        0.3 * math.exp(min(math.log(2), s.max_step))
+    )
     off = decide(replace(s, feedforward=0.0), first.state, step(11, 1.0, 0.3, cov_mean=0.02))
     assert off.value is None
 
@@ -240,7 +254,7 @@ def test_a_plant_that_responds_to_the_knob_is_driven_to_its_target() -> None:
         if d.value is not None:
             latest += 1
             pending.append((k + 2, latest, d.value))
-        for first, v, value in [p for p in pending if p[0] == k + 1]:
+        for _first, v, value in [p for p in pending if p[0] == k + 1]:
             applied, version = value, v
         pending = [p for p in pending if p[0] > k + 1]
     assert max(errors[-100:]) < 0.03
