@@ -4,10 +4,12 @@
 None), the next state and a reason with the numbers. THERMOSTAT.md beside this file states the
 law, its defaults and the measurements behind them. In short, with u = ln(knob value):
 
-    e   = ln(target(step + lead) / H_pred)        log error, > 0 when entropy is too low
+    e   = ln(T / H)            log error, > 0 when entropy is too low
     du  = kp * (e - e_prev) + ki * dt * e + kff * (ln cov - ln cov_prev)   (velocity form)
-    (H and cov: moving averages over the steps, `smoothing`)
     u  <- clamp(u + clamp(du, +-max_step), ln floor, ln upper)
+
+H, T and cov are moving averages over the steps (`smoothing`) of the entropy, the target (of
+step + lead) and the mean covariance; dt is the number of steps since the last decision (the law decides only on steps that ran the latest control version).
 
 Velocity form is the anti-windup: the integral lives in u itself, so a knob held at a bound
 stops integrating. A knob at or below `floor` (0 included) that must rise re-enters at `floor`,
@@ -51,6 +53,10 @@ from 0 reaches a useful value in a few rate-limited decisions (ln 100 / max_step
 
 Mode = Literal["running", "paused"]
 Action = Literal["set", "hold", "skip", "wait", "guard", "pause", "paused"]
+
+MAX_DT = 4
+"""Steps integrated at most per decision: a decision normally follows the last one by 1 step (no
+change written) or 2 (a change, then a step that ran the older version)."""
 
 START_STEPS = 5
 """The start entropy is the median of the first 5 finite entropies (monitor/analysis/collapse.py
@@ -147,8 +153,10 @@ class Settings:
     band: optional tolerance, a fraction of the target: errors inside it are not acted on.
     floor: the smallest positive value the multiplicative law uses; a knob below it (0) that
     must rise re-enters there, one that must fall under it goes to `lower`.
-    lead: steps from the step a decision is computed on to the first step that runs it (the
-    service round trip: 2); the law aims at the target of that step.
+    lead: aim at the target of this many steps ahead. 0 by default: without a prediction of
+    H, aiming at the target of the step that will run the decision (2 steps ahead through the
+    service) biases the entropy low on a falling schedule by lead x its slope (measured on the
+    toy: -3% to -4%); the integral already follows a ramp without steady error.
     min_change: a relative change smaller than this is not written (no version churn).
     guard_margin: overshoot above target * (1 + max(band, guard_margin)) cuts the knob by
     `guard_cut` (multiplicative, past the rate limit); `exploding` sets it to `lower`.
@@ -169,9 +177,9 @@ class Settings:
     kp: float = 6.0
     ki: float = 0.5
     max_step: float = 0.7
-    lead: int = 2
+    lead: int = 0
     min_change: float = 0.02
-    guard_margin: float = 0.15
+    guard_margin: float = 0.25
     guard_cut: float = 0.5
     feedforward: float = 0.0
     smoothing: float = 0.5
@@ -265,9 +273,19 @@ class State:
     last_step: int | None = None  # step of the last decision
     last_cov: float | None = None  # smoothed covariance at the last decision (feed-forward)
     log_h: float | None = None  # moving average of ln H over every finite step
+    log_t: float | None = None  # the same moving average of ln target (no lag bias on a ramp)
     cov: float | None = None  # moving average of the mean covariance
     start: tuple[float, ...] = ()  # the first finite entropies, until start_steps
     decisions: int = 0  # knob changes written
+
+    @classmethod
+    def starting(cls, start_entropy: float | None, settings: Settings) -> State:
+        """A fresh state; pass the run's start entropy (the analysis's) when the thermostat is
+        enabled mid-run, so a relative target refers to the run's start, not to the first
+        steps the thermostat sees."""
+        if start_entropy is None:
+            return cls()
+        return cls(start=(float(start_entropy),) * settings.start_steps)
 
     def start_entropy(self, settings: Settings) -> float | None:
         if len(self.start) < settings.start_steps:
@@ -337,10 +355,10 @@ def decide(settings: Settings, state: State, step: StepInput) -> Decision:
         return Decision(None, replace(state, mode="paused", reason=why), f"paused: {why}", "pause")
     if len(state.start) < s.start_steps:
         state = replace(state, start=(*state.start, H))
-    state = _smoothed(s, state, step)
     start = state.start_entropy(s)
     target = s.target.at(step.step + s.lead, start)
     target_now = s.target.at(step.step, start)
+    state = _smoothed(s, state, step, target)
     if target is None or target_now is None:
         return Decision(
             None, state,
@@ -358,7 +376,8 @@ def decide(settings: Settings, state: State, step: StepInput) -> Decision:
     ):  # the knob is where the law left it: keep the moves too small to have been written
         u_now = state.u
     Hs = math.exp(state.log_h) if state.log_h is not None else H  # what the law acts on
-    error = math.log(target / Hs) if Hs > 0 else math.inf
+    Ts = math.exp(state.log_t) if state.log_t is not None else target
+    error = math.log(Ts / Hs) if Hs > 0 else math.inf
     shown = f"H {_fmt(H)}" if Hs == H else f"H {_fmt(H)} (smoothed {_fmt(Hs)})"
 
     over = 1.0 + max(s.band or 0.0, s.guard_margin)
@@ -375,7 +394,7 @@ def decide(settings: Settings, state: State, step: StepInput) -> Decision:
         e = math.copysign(max(abs(e) - math.log1p(s.band), 0.0), e)
     # steps since the last decision (2 when each decision waits for its version), capped so a
     # long gap does not integrate as if the error had held all along
-    dt = min(step.step - state.last_step, 2 * max(s.lead, 1)) if state.last_step is not None else 1
+    dt = min(step.step - state.last_step, MAX_DT) if state.last_step is not None else 1
     de = e - state.last_error if state.last_error is not None else 0.0
     du = s.kp * de + s.ki * max(dt, 1) * e
     cov = state.cov
@@ -408,9 +427,14 @@ def decide(settings: Settings, state: State, step: StepInput) -> Decision:
     return _written(s, new_state, current, new, head, "set", target, error)
 
 
-def _smoothed(s: Settings, state: State, step: StepInput) -> State:
-    """The moving averages updated with this step (every finite step counts)."""
+def _smoothed(s: Settings, state: State, step: StepInput, target: float | None) -> State:
+    """The moving averages updated with this step (every finite step counts). The target goes
+    through the same average as the entropy: on a falling schedule the averaged entropy lags
+    by (1 - a) / a steps, and comparing it with the target of now would bias the entropy low."""
     a = s.smoothing
+    log_t = state.log_t
+    if target is not None:
+        log_t = math.log(target) if log_t is None else log_t + a * (math.log(target) - log_t)
     log_h = math.log(step.entropy) if step.entropy > 0 else None
     if log_h is not None and state.log_h is not None:
         log_h = state.log_h + a * (log_h - state.log_h)
@@ -419,7 +443,7 @@ def _smoothed(s: Settings, state: State, step: StepInput) -> State:
         cov = state.cov
     elif state.cov is not None:
         cov = state.cov + a * (cov - state.cov)
-    return replace(state, log_h=log_h, cov=cov)
+    return replace(state, log_h=log_h, log_t=log_t, cov=cov)
 
 
 def _written(

@@ -258,3 +258,10 @@ def test_a_plant_that_responds_to_the_knob_is_driven_to_its_target() -> None:
             applied, version = value, v
         pending = [p for p in pending if p[0] > k + 1]
     assert max(errors[-100:]) < 0.03
+
+
+def test_enabled_mid_run_a_relative_target_refers_to_the_runs_start() -> None:
+    s = settings(target=Target.fraction(0.5), lead=0)
+    d = decide(s, State.starting(2.0, s), step(100, 0.8, 0.1))
+    assert d.target == pytest.approx(1.0) and d.action == "set"
+    assert decide(s, State.starting(None, s), step(100, 0.8, 0.1)).action == "wait"
