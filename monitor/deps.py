@@ -10,8 +10,8 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from entmon.wire.ids import RUN_ID_PATTERN
 from monitor.auth import Principal, Role, authenticate
-from monitor.schemas import RUN_ID_PATTERN
 from monitor.settings import Settings
 from monitor.store import Store
 

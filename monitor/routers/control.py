@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 
-from monitor.control_rules import control_errors
+from entmon.wire.knobs import control_errors
 from monitor.deps import Admin, Reader, RunPath, StoreDep
 from monitor.routers import COMMON_RESPONSES, invalid
 from monitor.schemas import AuditEntry, AuditResponse, Control, ControlUpdate, StaleControl

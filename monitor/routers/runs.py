@@ -5,9 +5,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
 
+from entmon.wire.layouts import HISTOGRAM_LAYOUTS, LAYOUTS
+from entmon.wire.stats import STAT_NAMES
 from monitor.deps import Admin, Reader, RunPath, StoreDep
-from monitor.layouts import HISTOGRAM_LAYOUTS, LAYOUTS
-from monitor.report_schema import STAT_NAMES
 from monitor.routers import COMMON_RESPONSES, NOT_FOUND
 from monitor.schemas import (
     HistogramSeries,
