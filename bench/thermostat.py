@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.reproduce import control_for
 from client import Control, policy_loss, token_covariance
 from client.entropy_bonus import entropy_bonus
-from examples.grpo_toy import ToyConfig, train
+from entmon.demo.toy import ToyConfig, train
 from monitor.analysis.collapse import collapse
-from monitor.schemas import StepPoint
+from monitor.api_models import StepPoint
 from monitor.thermostat import Settings, State, StepInput, Target, decide
 
 ROOT = Path(__file__).resolve().parent.parent

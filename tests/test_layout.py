@@ -142,6 +142,7 @@ KNOB_MEANING = {
     "client/integrations/trl.py",
     "client/integrations/verl.py",
     "monitor/analysis/health.py",
+    "monitor/thermostat/law.py",  # which knobs the thermostat may drive, their sign and range
     "entmon/demo/stack.py",  # the demo sets the toy's ratios and switches the loss mode
     "entmon/demo/toy.py",
 }
