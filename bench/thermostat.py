@@ -456,9 +456,9 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
         ax_r.set(title="reward (10-step mean)", xlabel="step")
         ax_c.set(title="entropy_coeff applied", xlabel="step", yscale="symlog")
         ax_c.set_yscale("symlog", linthresh=1e-4)
-        ax_h.legend(fontsize=7)
-        ax_r.legend(fontsize=7)
-        ax_c.legend(fontsize=7)
+        for ax in (ax_h, ax_r, ax_c):
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -501,11 +501,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         modes = args.targets if m in TARGETED else ["none"]
         jobs += [(m, mode, s, args.steps, overrides) for mode in modes for s in args.seeds]
     t0 = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "thermostat-runs.jsonl"  # each run as it ends: --merge takes it too
+    partial.write_text("")
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
             runs = []
             for run in pool.imap_unordered(run_one, jobs):
                 runs.append(run)
+                with partial.open("a") as f:
+                    f.write(json.dumps(_rounded(run)) + "\n")
                 print(f"  {run['method']:10} {run['target_mode']:8} seed {run['seed']}: "
                       f"{run['seconds']:.0f} s", flush=True)  # fmt: skip
     else:
@@ -519,8 +524,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ]
     for path in args.merge:
         done_keys = {(r["method"], r["target_mode"], r["seed"]) for r in runs}
-        runs += [r for r in json.loads(path.read_text())["runs"]
-                 if (r["method"], r["target_mode"], r["seed"]) not in done_keys]  # fmt: skip
+        text = path.read_text()
+        saved = ([json.loads(line) for line in text.splitlines() if line.strip()]
+                 if path.suffix == ".jsonl" else json.loads(text)["runs"])  # fmt: skip
+        runs += [r for r in saved if (r["method"], r["target_mode"], r["seed"]) not in done_keys]
     runs.sort(key=lambda r: (METHODS.index(r["method"]), r["target_mode"], r["seed"]))
     summary = summarise(runs)
     text = report(summary)
