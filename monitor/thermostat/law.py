@@ -9,7 +9,8 @@ law, its defaults and the measurements behind them. In short, with u = ln(knob v
     u  <- clamp(u + clamp(du, +-max_step), ln floor, ln upper)
 
 H, T and cov are moving averages over the steps (`smoothing`) of the entropy, the target (of
-step + lead) and the mean covariance; dt is the number of steps since the last decision (the law decides only on steps that ran the latest control version).
+step + lead) and the mean covariance; dt is the number of steps since the last decision (the law
+decides only on steps that ran the latest control version).
 
 Velocity form is the anti-windup: the integral lives in u itself, so a knob held at a bound
 stops integrating. A knob at or below `floor` (0 included) that must rise re-enters at `floor`,
