@@ -498,6 +498,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides = {k: _number(v) for k, v in (item.split("=", 1) for item in args.set)}
     jobs = []
     for m in args.methods:
+        if args.from_reproduction and m in ("vanilla", "fixed"):
+            continue
         modes = args.targets if m in TARGETED else ["none"]
         jobs += [(m, mode, s, args.steps, overrides) for mode in modes for s in args.seeds]
     t0 = time.perf_counter()
@@ -516,11 +518,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         runs = [run_one(j) for j in jobs]
     if args.from_reproduction:
-        done = {(r["method"], r["seed"]) for r in runs}
         runs += [
-            r
-            for r in from_reproduction(args.seeds, args.steps)
-            if (r["method"], r["seed"]) not in done
+            r for r in from_reproduction(args.seeds, args.steps) if r["method"] in args.methods
         ]
     for path in args.merge:
         done_keys = {(r["method"], r["target_mode"], r["seed"]) for r in runs}
