@@ -14,9 +14,11 @@ from typing import Any, cast
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from entmon.wire.ids import DRIVER_RANK
+from entmon.wire.numbers import from_wire
 from monitor.merge import merge_counts, merge_stats, merge_user, with_driver
 from monitor.report_schema import StepReport, encode
-from monitor.schemas import DRIVER_RANK, AuditEntry, Control, StepPoint
+from monitor.schemas import AuditEntry, Control, StepPoint
 
 RUNS_KEY = "entmon:runs"  # zset run -> last report time; the only key shared across runs
 INGEST_SCRIPT = files("monitor").joinpath("ingest.lua").read_text()
@@ -80,7 +82,7 @@ def _details_doc(r: StepReport) -> bytes:
 def _load_scalars(raw: str) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(raw)
     for part in ("stats", "user"):
-        doc[part] = {k: float(v) if isinstance(v, str) else v for k, v in doc[part].items()}
+        doc[part] = {k: from_wire(v) for k, v in doc[part].items()}
     return doc
 
 

@@ -19,7 +19,17 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
+MAX_POINTS_LIMIT = 100_000  # the most points a series query may ask for
+
+
 def invalid(where: str, name: str, message: str) -> NoReturn:
     """A 422 shaped like FastAPI's own validation errors, naming the offending field."""
-    detail = [{"loc": [where, name], "msg": f"{name}: {message}", "type": "value_error"}]
+    invalid_fields(where, [f"{name}: {message}"])
+
+
+def invalid_fields(where: str, errors: list[str]) -> NoReturn:
+    """A 422 for several fields at once; each error reads "field: what is wrong"."""
+    detail = [
+        {"loc": [where, e.partition(":")[0]], "msg": e, "type": "value_error"} for e in errors
+    ]
     raise HTTPException(422, detail)

@@ -48,8 +48,8 @@ def exposed_metric_names() -> set[str]:
     with every field filled, plus this process's service metrics."""
     from prometheus_client.core import Metric
 
+    from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
     from monitor.analysis import analyse
-    from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
     from monitor.metrics import SERVICE_REGISTRY, STEP_GAUGES, RunSnapshot, run_families
     from monitor.schemas import Control, StepPoint
 

@@ -1,16 +1,11 @@
-"""`entmon demo`: the embedded stack (Redis + monitor + dashboard) and a real GRPO run in it.
-
-The run is examples/grpo_toy.py, a tiny transformer trained with GRPO on CPU, in this process,
-reporting through `client.Monitor` like any user's loop: its policy loss follows the run's LIVE
-control, so switching the run to Clip-Cov or KL-Cov in the dashboard changes the loss at the next
-step. The trainer is loaded from the repository checkout (the editable install `make demo`
-makes): examples/ is not an installed package.
-"""
+"""The demo's stack and run: start the monitor (embedded Redis) and the dashboard as child
+processes, then train the toy (entmon.demo.toy) in this process through `client.Monitor`, like
+any user's loop: its policy loss follows the run's LIVE control, so switching the run to Clip-Cov
+or KL-Cov in the dashboard changes the loss at the next step."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -20,16 +15,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 
-from monitor.cli import dashboard_command
+from entmon.commands import dashboard_command, entmon_command
 
 READY_TIMEOUT_S = 60.0
 DEMO_RUN = "demo"
-TOY_PATH = Path(__file__).resolve().parent.parent / "examples" / "grpo_toy.py"
 DEFAULT_PACE_S = 1.0  # with a browser: entropy has fallen by a quarter at about step 35
 HINT = """\
            Plain GRPO: entropy halves by about step 80 while the reward stalls near 0.43.
@@ -43,20 +36,16 @@ class DemoError(RuntimeError):
     """The demo cannot start; the message says what to do."""
 
 
-def load_toy(path: Path = TOY_PATH) -> ModuleType:
-    """examples/grpo_toy.py as a module, from the checkout this package was installed from."""
-    if not path.is_file():
+def load_toy() -> Any:
+    """entmon.demo.toy, which needs the client (torch): the error says how to install it."""
+    try:
+        from entmon.demo import toy
+    except ImportError as e:
         raise DemoError(
-            f"entmon demo runs the example trainer {path}, which is not there: run it from a "
-            'checkout of the repository installed with `pip install -e ".[all]"` (or `make demo`)'
-        )
-    spec = importlib.util.spec_from_file_location("entmon_demo_grpo_toy", path)
-    if spec is None or spec.loader is None:
-        raise DemoError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
+            f'the demo trains with the client, which is not installed: pip install "entmon[all]" '
+            f"(and torch for your machine first) ({e})"
+        ) from None
+    return toy
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], name: str) -> None:
@@ -173,10 +162,11 @@ def run_demo(
     env.pop("ENTMON_REDIS_URL", None)  # the demo always uses the embedded Redis
     env.pop("ENTMON_INGEST_TOKENS", None)  # open access on loopback: the demo changes controls
     env.pop("ENTMON_ADMIN_TOKENS", None)
-    entmon = [sys.executable, "-m", "monitor.cli"]
     _stop_on_sigterm()
     processes = [
-        subprocess.Popen([*entmon, "serve", "--port", str(port), "--log-level", "warning"], env=env)
+        subprocess.Popen(
+            entmon_command("serve", "--port", str(port), "--log-level", "warning"), env=env
+        )
     ]
     try:
         load_toy()  # fail early, before anything waits on the stack

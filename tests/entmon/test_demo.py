@@ -5,18 +5,14 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-
-from monitor.demo import DemoError, load_toy
 from monitor.embedded_redis import free_port
 
 
 def test_headless_demo_trains_for_real_and_follows_a_live_control_change() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENTMON_")}
     result = subprocess.run(
-        [sys.executable, "-m", "monitor.cli", "demo", "--headless", "--steps", "40",
+        [sys.executable, "-m", "entmon.cli", "demo", "--headless", "--steps", "40",
          "--switch-at", "10", "--switch-to", "kl_cov", "--port", str(free_port())],
         env=env, capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip
@@ -34,6 +30,15 @@ def test_headless_demo_trains_for_real_and_follows_a_live_control_change() -> No
     assert "trained 40 steps" in out
 
 
-def test_load_toy_says_what_to_do_without_a_checkout(tmp_path: Path) -> None:
-    with pytest.raises(DemoError, match="checkout of the repository"):
-        load_toy(tmp_path / "examples" / "grpo_toy.py")
+def test_the_demo_without_the_client_says_how_to_install_it() -> None:
+    """A wheel installed with only the `server` extra has no torch: the demo names the extra."""
+    blocked = (
+        "import sys; sys.modules['torch'] = None; "  # any `import torch` now raises ImportError
+        "from entmon.demo.stack import DemoError, load_toy\n"
+        "try:\n    load_toy()\nexcept DemoError as e:\n    print(e)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'pip install "entmon[all]"' in done.stdout

@@ -11,6 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from entmon.commands import dashboard_command
+from entmon.wire.knobs import LOSS_MODES
+
 DEFAULT_PORT = 8000
 DEFAULT_DASHBOARD_PORT = 8501
 
@@ -61,18 +64,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def dashboard_command(port: int) -> list[str]:
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-    return [
-        sys.executable, "-m", "streamlit", "run", str(app),
-        "--server.port", str(port),
-        "--server.address", "127.0.0.1",
-        "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "viewer",
-    ]  # fmt: skip
-
-
 def cmd_dashboard(args: argparse.Namespace) -> int:
     os.environ.setdefault("ENTMON_URL", f"http://127.0.0.1:{DEFAULT_PORT}")
     command = dashboard_command(args.port)
@@ -80,7 +71,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from monitor.demo import run_demo
+    from entmon.demo.stack import run_demo
 
     return run_demo(
         steps=args.steps,
@@ -158,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--switch-at", type=int, default=None, metavar="STEP",
         help="after this step, change the run's loss mode through the API (as the dashboard does)",
     )  # fmt: skip
-    demo.add_argument("--switch-to", choices=("vanilla", "clip_cov", "kl_cov"), default="kl_cov")
+    demo.add_argument("--switch-to", choices=LOSS_MODES, default="kl_cov")
     demo.add_argument(
         "--pace", type=float, default=None, metavar="SECONDS",
         help="least time per step, to follow the run (default 1 with the dashboard, 0 headless)",
