@@ -45,7 +45,7 @@ from client.histograms import (
 from client.losses import policy_loss
 from client.stats import StepAccumulator, WorkBuffers
 from client.topk import top_k
-from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, LAYOUTS
+from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, LAYOUTS
 
 pytestmark = pytest.mark.cuda
 
