@@ -16,7 +16,7 @@ CUDA-only branches of the client and the test that runs each:
 - stats `pack` / `PackedStep`: pinned host copy, `non_blocking`, a CUDA event, `ready`,
   `unpack`'s wait -> test_step_statistics_*, test_packed_step_*;
 - handoff `FinishedStep`: the event on the training stream, the reporter thread's wait on its
-  own stream under `torch.cuda.device` -> test_finished_step_*;
+  own stream under `torch.cuda.device` -> test_finished_step_* (the device switch on two GPUs);
 - selection `_random_keys` on the device's generator -> test_clip_cov_*;
 - entropy on the device -> test_entropy_*;
 - monitor: the device of the step's first micro-batch -> tests/client/test_cuda_sync.py;
@@ -186,7 +186,7 @@ def test_top_k_on_the_gpu_equals_the_chunked_cpu_route() -> None:
 
 
 def loss_on(device: torch.device, b: dict[str, torch.Tensor], control: Control) -> dict[str, Any]:
-    lp = b["log_prob"].to(device).requires_grad_()
+    lp = b["log_prob"].detach().to(device).requires_grad_()  # a leaf of its own on each device
     loss, stats = policy_loss(
         lp, *(b[k].to(device) for k in ("old_log_prob", "advantages", "response_mask")), control
     )
@@ -340,3 +340,56 @@ def test_finished_step_unpacked_on_another_thread_waits_for_a_side_stream() -> N
     reporter.join(120)
     assert not reporter.is_alive()
     assert_same_statistics(result, expected)
+
+
+@pytest.mark.cuda(devices=2)
+def test_finished_step_on_the_second_gpu_unpacks_on_a_thread_whose_device_is_the_first() -> None:
+    # the reporter thread's current device is cuda:0; the step's stream and event are cuda:1's
+    parts = [dyadic_batch(seed) for seed in (13, 14)]
+    expected = step_statistics(torch.device("cpu"), parts)
+    second = torch.device("cuda", 1)
+    acc = StepAccumulator()
+    for b in parts:
+        b = on(second, b)
+        loss, stats = policy_loss(
+            b["log_prob"], b["old_log_prob"], b["advantages"], b["response_mask"],
+            CONTROLS["kl_cov"],
+        )  # fmt: skip
+        acc.add(
+            b["log_prob"], b["old_log_prob"], b["advantages"], b["response_mask"],
+            entropy=b["entropy"], loss=loss, loss_stats=stats, token_ids=b["token_ids"],
+        )  # fmt: skip
+    with torch.cuda.device(second):
+        finished = FinishedStep(acc, second)
+    result: dict[str, Any] = {}
+
+    def reporter() -> None:
+        torch.cuda.set_device(0)
+        result.update(finished.unpack())
+
+    thread = threading.Thread(target=reporter)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive()
+    assert_same_statistics(result, expected)
+
+
+@pytest.mark.cuda(devices=2)
+def test_pack_on_the_second_gpu_waits_for_its_copy_whatever_the_current_device() -> None:
+    # the event must follow the copy on the step's device, not on the current one
+    b = dyadic_batch(15)
+    expected = step_statistics(torch.device("cpu"), [b])
+    second = torch.device("cuda", 1)
+    b = on(second, b)
+    loss, stats = policy_loss(
+        b["log_prob"], b["old_log_prob"], b["advantages"], b["response_mask"], CONTROLS["kl_cov"]
+    )
+    acc = StepAccumulator()
+    acc.add(
+        b["log_prob"], b["old_log_prob"], b["advantages"], b["response_mask"],
+        entropy=b["entropy"], loss=loss, loss_stats=stats, token_ids=b["token_ids"],
+    )  # fmt: skip
+    torch.cuda.set_device(0)
+    with torch.cuda.device(second):
+        torch.cuda._sleep(2_000_000_000)  # the copy to the host queues behind a second of work
+    assert_same_statistics(acc.pack().unpack(), expected)

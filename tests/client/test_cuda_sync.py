@@ -23,7 +23,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from client import Monitor
+from client import Monitor, histograms
 from tests.client.conftest import FAST, stored_reports, stored_steps
 from tests.client.test_cuda import CUDA, dyadic_batch, on
 from tests.client.test_transport import put_control
@@ -41,6 +41,9 @@ def test_policy_loss_and_log_never_sync_the_host(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="client")
     batches = [on(CUDA, dyadic_batch(seed, B=8, T=512)) for seed in range(4)]
+    # The device's histogram tables as on a process's first step (other tests made them)
+    histograms._tables.clear()
+    histograms._shifts.clear()
     torch.cuda.synchronize()
     used: list[int] = []
     with Monitor(run=RUN, url=shared_server.url, config=FAST) as mon:
