@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from client import Control, StepAccumulator, policy_loss, token_covariance
 from entmon.demo.toy import TOY_CLIP_COV_RATIO, TOY_KL_COV_RATIO, ToyConfig, train
 from monitor.analysis import fit_law
-from monitor.schemas import StepPoint
+from monitor.api_models import StepPoint
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("vanilla", "clip_cov", "kl_cov")

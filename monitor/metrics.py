@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from entmon.wire.knobs import KNOBS, NUMERIC_KNOBS
 from entmon.wire.layouts import upper_bound_labels
 from monitor.analysis import FLAGS, STATES, Analysis
-from monitor.schemas import Control, StepPoint
+from monitor.api_models import Control, StepPoint
 
 PREFIX = "entmon"
 # Request latency buckets for a JSON API answering from a local Redis: 0.5 ms .. 2.5 s.

@@ -10,7 +10,7 @@ import torch
 from client.report import build_report, finalize
 from entmon.wire.ids import DRIVER_RANK
 from entmon.wire.stats import STAT_NAMES
-from monitor.report_schema import StepStats, decode_reports
+from monitor.report_codec import StepStats, decode_reports
 
 
 def test_the_services_report_schema_has_one_field_per_statistic_of_the_wire_table() -> None:

@@ -1,7 +1,7 @@
 """The statistics a step report carries, and how each merges across micro-batches and ranks.
 
 One table: the client names what it computes from it, the service decodes reports with it
-(monitor/report_schema.py builds its schema from `STATS`) and merges ranks by its rules
+(monitor/report_codec.py builds its schema from `STATS`) and merges ranks by its rules
 (monitor/merge.py), and the same pooling helpers combine micro-batches in the client.
 
 Merge rules: `sum` adds (counts); `max` takes the largest (NaN if any is NaN); `pooled_std`

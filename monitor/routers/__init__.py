@@ -6,7 +6,7 @@ from typing import Any, NoReturn
 
 from fastapi import HTTPException
 
-from monitor.schemas import ErrorDetail
+from monitor.api_models import ErrorDetail
 
 # Documented on every /v1 route: what auth and a Redis outage can answer.
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {

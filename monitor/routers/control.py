@@ -9,9 +9,9 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 
 from entmon.wire.knobs import control_errors
+from monitor.api_models import AuditEntry, AuditResponse, Control, ControlUpdate, StaleControl
 from monitor.deps import Admin, Ingest, RunPath, StoreDep
 from monitor.routers import COMMON_RESPONSES, invalid, invalid_fields
-from monitor.schemas import AuditEntry, AuditResponse, Control, ControlUpdate, StaleControl
 from monitor.store import Store
 
 router = APIRouter(prefix="/v1/runs", tags=["control"], responses=COMMON_RESPONSES)

@@ -7,9 +7,7 @@ from fastapi import APIRouter, Query
 
 from entmon.wire.layouts import HISTOGRAM_LAYOUTS, LAYOUTS
 from entmon.wire.stats import STAT_NAMES
-from monitor.deps import Admin, ExistingRun, Ingest, RunPath, StoreDep, run_not_found
-from monitor.routers import COMMON_RESPONSES, MAX_POINTS_LIMIT, NOT_FOUND
-from monitor.schemas import (
+from monitor.api_models import (
     HistogramSeries,
     HistogramStep,
     RunsResponse,
@@ -17,6 +15,8 @@ from monitor.schemas import (
     StepsResponse,
     TopTokensResponse,
 )
+from monitor.deps import Admin, ExistingRun, Ingest, RunPath, StoreDep, run_not_found
+from monitor.routers import COMMON_RESPONSES, MAX_POINTS_LIMIT, NOT_FOUND
 from monitor.store import Store
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=COMMON_RESPONSES | NOT_FOUND)

@@ -13,7 +13,7 @@ from client.losses import policy_loss
 from client.stats import StepAccumulator, WorkBuffers
 from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT
 from entmon.wire.stats import STAT_NAMES
-from monitor.report_schema import report_from_python
+from monitor.report_codec import report_from_python
 
 
 def make(seed: int, B: int = 8, T: int = 100) -> dict[str, torch.Tensor]:

@@ -1,5 +1,5 @@
 """What the API answers and the control it takes (pydantic v2). The step reports clients send
-are monitor/report_schema.py.
+are monitor/report_codec.py.
 
 Non-finite statistics (NaN entropy means the run diverged) are written back as the JSON strings
 "NaN", "Infinity", "-Infinity" so every response stays valid JSON.
@@ -170,7 +170,7 @@ class HistogramSeries(_Wire):
 
 
 class RankedTopToken(_Wire):
-    """A top-covariance token of the step as a rank reported it (report_schema.TopToken)."""
+    """A top-covariance token of the step as a rank reported it (report_codec.TopToken)."""
 
     cov: float
     logp: float

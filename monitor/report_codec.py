@@ -2,7 +2,7 @@
 
 The ingest path validates every report, so this schema is decoded by msgspec rather than pydantic:
 about four times faster on a realistic report (bench/README.md, bench_ingest.py). Everything the
-API answers stays pydantic (monitor/schemas.py).
+API answers stays pydantic (monitor/api_models.py).
 
 Numbers are JSON numbers; a non-finite statistic travels as one of the strings "NaN", "Infinity",
 "-Infinity" (strict JSON has no NaN) and is stored as that string, never dropped: it means the run
