@@ -68,7 +68,8 @@ def law(steps: Sequence[Mapping[str, Any]], fit: Mapping[str, Any] | None) -> go
         fig.add_trace(
             go.Scatter(x=xs, y=[-a * math.exp(x) + b for x in xs], name="R = -a·exp(H) + b")
         )
-        fig.add_hline(y=b - a, line_dash="dot", annotation_text=f"ceiling {b - a:.3f}")
+        label = f"ceiling {b - a:.3f}" if fit.get("holds") else "ceiling: law does not hold"
+        fig.add_hline(y=b - a, line_dash="dot", annotation_text=label)
     fig.update_xaxes(title_text="entropy (nats)")
     fig.update_yaxes(title_text="reward")
     return _layout(fig, "Entropy-performance law")

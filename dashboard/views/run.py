@@ -41,7 +41,15 @@ def kpis(run: dict[str, Any], control: dict[str, Any], analysis: dict[str, Any] 
     reward = api.number(stats.get("reward"))
     cols[2].metric("Reward", "-" if reward is None else f"{reward:.3f}")
     ceiling = api.number(law.get("ceiling")) if isinstance(law, dict) else None
-    cols[3].metric("Predicted ceiling", "-" if ceiling is None else f"{ceiling:.3f}")
+    if ceiling is None:
+        cols[3].metric("Predicted ceiling", "-", help=law.get("note") if law else None)
+    elif law.get("holds"):
+        cols[3].metric("Predicted ceiling", f"{ceiling:.3f}", help=law.get("verdict"))
+    else:  # shown, but not as a prediction: the user acts on this number
+        cols[3].metric(
+            "Ceiling (law does not hold)", f"{ceiling:.3f}", "no prediction",
+            delta_color="off", help=law.get("verdict"),
+        )  # fmt: skip
     applied = latest.get("control_version")
     cols[4].metric(
         "Control", control["loss_mode"], f"v{control['version']} requested, v{applied} applied"
@@ -81,10 +89,7 @@ def law_caption(analysis: dict[str, Any] | None) -> str:
     if not law.get("enough_data"):
         return f"Law: {law.get('note', 'not enough data yet')}"
     record = (analysis or {}).get("track_record") or {}
-    text = (
-        f"R = -{_fmt(law['a'])}·exp(H) + {_fmt(law['b'])}, R² {_fmt(law['r2'])}; ceiling "
-        f"{_fmt(law['ceiling'])} [{_fmt(law['ceiling_low'])}, {_fmt(law['ceiling_high'])}]."
-    )
+    text = f"R = -{_fmt(law['a'])}·exp(H) + {_fmt(law['b'])}; {law.get('verdict', '')}."
     if record.get("enough_data"):
         text += (
             f" Fitted on the first {record['fit_steps']} steps, it predicted the next "
