@@ -75,6 +75,9 @@ def render() -> None:
         loaded[run] = api.get_control(http, run)
     control = loaded[run]
     st.caption(f"Editing control version {control['version']} of {run}.")
+    applied = st.session_state.pop("control_applied", None)
+    if applied is not None:
+        st.success(applied)
 
     submitted = knob_form(run, control)
     if submitted is not None:
@@ -89,7 +92,12 @@ def render() -> None:
             if result.applied:
                 loaded[run] = result.control
                 conflicts.pop(run, None)
-                st.success(f"Applied: control version {result.control['version']}.")
+                # Rerun now, so the form is rebuilt for the new version before the user types
+                # again: an Apply on the old version's form would be lost in the rebuild.
+                st.session_state.control_applied = (
+                    f"Applied: control version {result.control['version']}."
+                )
+                st.rerun()
             else:
                 conflicts[run] = result
 

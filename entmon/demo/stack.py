@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from typing import Any
 import httpx
 
 from entmon.commands import dashboard_command, entmon_command
+from monitor.embedded_redis import free_port
 
 READY_TIMEOUT_S = 60.0
 DEMO_RUN = "demo"
@@ -70,6 +72,37 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def _free_or_other(port: int, name: str) -> int:
+    """`port` if nothing listens on it, else a free one, said on the terminal."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            pass
+    other = free_port()
+    print(f"{name}: port {port} is busy (vLLM and TRL's vllm-serve use 8000): using {other}")
+    return other
+
+
+def _clear_progress_before_logs() -> None:
+    """On a terminal, a log line first clears the progress line (which ends in \r), rather
+    than being glued to its end."""
+    if not sys.stderr.isatty():
+        return
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_ClearLine(handler.formatter or logging.Formatter()))
+
+
+class _ClearLine(logging.Formatter):
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\r\x1b[K" + self.inner.format(record)  # carriage return, erase the line
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -131,13 +164,14 @@ def run_training(
             put_control(api, DEMO_RUN, f"demo --switch-at {switch_at}", loss_mode=switch_to)
 
     tokenizer = toy.DigitTokenizer()
+    began = time.monotonic()
     with Monitor(run=DEMO_RUN, url=api, tokenizer=tokenizer, spool_dir=spool_dir) as mon:
         records: list[Any] = toy.train(cfg, mon, on_step=on_step)
     print()
     if records:
         first, last = records[0], records[-1]
         print(
-            f"trained {len(records)} steps in {sum(r.seconds for r in records):.0f} s: entropy "
+            f"trained {len(records)} steps in {time.monotonic() - began:.0f} s: entropy "
             f"{first.entropy:.3f} -> {last.entropy:.3f} ({last.entropy / first.entropy:.0%} of "
             f"start), reward {first.reward:.3f} -> {last.reward:.3f}, loss {last.loss_mode}"
         )
@@ -155,9 +189,18 @@ def run_demo(
     switch_to: str = "kl_cov",
     pace: float | None = None,
 ) -> int:
+    port = _free_or_other(port, "monitor")
+    dashboard_port = dashboard_port if headless else _free_or_other(dashboard_port, "dashboard")
     api = f"http://127.0.0.1:{port}"
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the bar
-    data_dir = Path(tempfile.mkdtemp(prefix="entmon-demo-"))
+    _clear_progress_before_logs()
+    kept = os.environ.get("ENTMON_DATA_DIR")
+    data_dir = Path(kept) if kept else Path(tempfile.mkdtemp(prefix="entmon-demo-"))
+    print(
+        f"data:      {data_dir} (kept: ENTMON_DATA_DIR)"
+        if kept
+        else f"data:      {data_dir} (deleted at exit; set ENTMON_DATA_DIR to keep the run)"
+    )
     env = {**os.environ, "ENTMON_URL": api, "ENTMON_DATA_DIR": str(data_dir)}
     env.pop("ENTMON_REDIS_URL", None)  # the demo always uses the embedded Redis
     env.pop("ENTMON_INGEST_TOKENS", None)  # open access on loopback: the demo changes controls
@@ -201,4 +244,5 @@ def run_demo(
         return 2
     finally:
         _stop(processes)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if not kept:
+            shutil.rmtree(data_dir, ignore_errors=True)

@@ -3,21 +3,28 @@ from __future__ import annotations
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
-from monitor.embedded_redis import free_port
 
-
-def test_headless_demo_trains_for_real_and_follows_a_live_control_change() -> None:
+def test_headless_demo_trains_for_real_and_follows_a_live_control_change(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENTMON_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "entmon.cli", "demo", "--headless", "--steps", "40",
-         "--switch-at", "10", "--switch-to", "kl_cov", "--port", str(free_port())],
-        env=env, capture_output=True, text=True, timeout=240, check=False,
-    )  # fmt: skip
+    env["ENTMON_DATA_DIR"] = str(tmp_path / "data")
+    with socket.socket() as busy:  # something (vLLM, say) already listens on the port asked for
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "entmon.cli", "demo", "--headless", "--steps", "40",
+             "--switch-at", "10", "--switch-to", "kl_cov", "--port", str(port)],
+            env=env, capture_output=True, text=True, timeout=240, check=False,
+        )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
+    assert f"port {port} is busy" in out
+    assert list((tmp_path / "data").rglob("*.aof*")), "the run's data is kept where the user said"
     assert "monitor:" in out and "step 40/40" in out
     lines = out.replace("\r", "\n").splitlines()
     progress = [line for line in lines if line.startswith("step ")]
