@@ -4,9 +4,12 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from bench import thermostat
 
 
+@pytest.mark.timeout(900)  # two toy runs, imports and a plot: minutes on a machine shared 6 ways
 def test_tiny_benchmark_runs_the_controllers_and_writes_figures(tmp_path: Path) -> None:
     # Two trained runs of 6 steps (the machine may be loaded); vanilla and the fixed method come
     # from the reproduction's saved curves, with every figure computed on them.
