@@ -496,12 +496,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot(saved["runs"], args.out / "thermostat.png")
         return saved
     overrides = {k: _number(v) for k, v in (item.split("=", 1) for item in args.set)}
+    merged: list[dict[str, Any]] = []  # runs made earlier (--merge): not run again
+    for path in args.merge:
+        text = path.read_text()
+        merged += ([json.loads(line) for line in text.splitlines() if line.strip()]
+                   if path.suffix == ".jsonl" else json.loads(text)["runs"])  # fmt: skip
+    have = {(r["method"], r["target_mode"], r["seed"]) for r in merged}
     jobs = []
     for m in args.methods:
         if args.from_reproduction and m in ("vanilla", "fixed"):
             continue
         modes = args.targets if m in TARGETED else ["none"]
-        jobs += [(m, mode, s, args.steps, overrides) for mode in modes for s in args.seeds]
+        jobs += [(m, mode, s, args.steps, overrides) for mode in modes for s in args.seeds
+                 if (m, mode, s) not in have]  # fmt: skip
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     partial = args.out / "thermostat-runs.jsonl"  # each run as it ends: --merge takes it too
@@ -521,12 +528,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs += [
             r for r in from_reproduction(args.seeds, args.steps) if r["method"] in args.methods
         ]
-    for path in args.merge:
-        done_keys = {(r["method"], r["target_mode"], r["seed"]) for r in runs}
-        text = path.read_text()
-        saved = ([json.loads(line) for line in text.splitlines() if line.strip()]
-                 if path.suffix == ".jsonl" else json.loads(text)["runs"])  # fmt: skip
-        runs += [r for r in saved if (r["method"], r["target_mode"], r["seed"]) not in done_keys]
+    runs += [r for r in merged if r["method"] in args.methods]
     runs.sort(key=lambda r: (METHODS.index(r["method"]), r["target_mode"], r["seed"]))
     summary = summarise(runs)
     text = report(summary)
