@@ -40,4 +40,9 @@ async def _admin(request: Request, settings: SettingsDep) -> Principal:
 
 Reader = Annotated[Principal, Depends(_reader)]  # ingest tokens read and write reports
 Admin = Annotated[Principal, Depends(_admin)]
-RunPath = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="run id: [A-Za-z0-9._-]{1,128}")]
+RunPath = Annotated[
+    str,
+    Path(
+        pattern=RUN_ID_PATTERN, description="run id: [A-Za-z0-9._-]{1,128}, not starting with a dot"
+    ),
+]

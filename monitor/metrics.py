@@ -38,7 +38,8 @@ REQUEST_DURATION = Histogram(
 )
 REPORTS_INGESTED = Counter(
     f"{PREFIX}_ingested_reports_total",
-    "Step reports this replica stored (new) or recognised as duplicates",
+    "Step reports this replica stored (new), recognised as duplicates, or found expired "
+    "(older than the retention window: not stored)",
     ["outcome"],
     registry=SERVICE_REGISTRY,
 )
@@ -51,7 +52,7 @@ REPORTS_REJECTED = Counter(
 # Known label values exist from the start at 0, so the first rejection is an increase rate() sees.
 for _reason in ("invalid", "body_too_large"):
     REPORTS_REJECTED.labels(_reason)
-for _outcome in ("accepted", "duplicate"):
+for _outcome in ("accepted", "duplicate", "expired"):
     REPORTS_INGESTED.labels(_outcome)
 
 # Latest-step gauges: (metric name, stat name, help).
@@ -240,6 +241,29 @@ def analysis_families(snaps: Iterable[RunSnapshot]) -> list[Metric]:
     return [ceiling, r2, state, health]
 
 
+def redis_families(reachable: bool, supervisor: Mapping[str, Any] | None) -> list[Metric]:
+    """Whether this scrape could read Redis, and the embedded Redis supervisor's view (none
+    with an external Redis)."""
+    redis_up = GaugeMetricFamily(
+        f"{PREFIX}_redis_up", "1 when this scrape could read Redis (0: the run series are missing)"
+    )
+    redis_up.add_metric([], float(reachable))
+    if supervisor is None:
+        return [redis_up]
+    status = supervisor
+    up = GaugeMetricFamily(
+        f"{PREFIX}_embedded_redis_up",
+        "1 while the embedded redis-server runs, 0 while its supervisor restarts it",
+    )
+    up.add_metric([], float(status.get("state") == "up"))
+    restarts = CounterMetricFamily(
+        f"{PREFIX}_embedded_redis_restarts",
+        "Times the supervisor restarted the embedded redis-server after it died",
+    )
+    restarts.add_metric([], float(status.get("restarts", 0)))
+    return [redis_up, up, restarts]
+
+
 class _Fixed(Collector):
     def __init__(self, families: list[Metric]) -> None:
         self.families = families
@@ -248,7 +272,7 @@ class _Fixed(Collector):
         return self.families
 
 
-def exposition(snapshots: Iterable[RunSnapshot]) -> bytes:
+def exposition(snapshots: Iterable[RunSnapshot], extra: Iterable[Metric] = ()) -> bytes:
     runs = CollectorRegistry(auto_describe=False)
-    runs.register(_Fixed(run_families(snapshots)))
+    runs.register(_Fixed([*extra, *run_families(snapshots)]))
     return generate_latest(SERVICE_REGISTRY) + generate_latest(runs)

@@ -24,7 +24,8 @@ from monitor.control_rules import (
     control_errors,
 )
 
-RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+# No leading dot: ids made only of dots ("." "..") would be read as path segments and misroute.
+RUN_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 RunId = Annotated[str, StringConstraints(pattern=RUN_ID_PATTERN)]
 # Statistics that add across ranks; every other statistic is a token-weighted mean except
 # cov_max (max). Kept here because the service's merge and the docs both follow it.
@@ -121,6 +122,9 @@ class StaleControl(_Wire):
 class IngestResponse(_Wire):
     accepted: int = Field(description="reports stored for the first time")
     duplicates: int = Field(description="reports already stored for that (rank, step)")
+    expired: int = Field(
+        0, description="reports older than the retention window (ENTMON_RETENTION_STEPS): dropped"
+    )
     nonfinite: list[str] = Field(description="non-finite statistics seen: the run diverged")
     control: Control
 

@@ -18,6 +18,8 @@ from monitor.merge import merge_counts, merge_stats, merge_user, with_driver
 from monitor.report_schema import StepReport, encode
 from monitor.schemas import DRIVER_RANK, AuditEntry, Control, StepPoint
 
+# The outcome of each report of an ingest (ingest.lua's flags).
+DUPLICATE, STORED, EXPIRED = 0, 1, 2
 RUNS_KEY = "entmon:runs"  # zset run -> last report time; the only key shared across runs
 INGEST_SCRIPT = files("monitor").joinpath("ingest.lua").read_text()
 CONTROL_SCRIPT = files("monitor").joinpath("control.lua").read_text()
@@ -93,9 +95,10 @@ class Store:
         self._set_control = redis.register_script(CONTROL_SCRIPT)
         self._sample = redis.register_script(SAMPLE_SCRIPT)
 
-    async def ingest(self, run: str, reports: list[StepReport]) -> tuple[list[bool], Control]:
+    async def ingest(self, run: str, reports: list[StepReport]) -> tuple[list[int], Control]:
         """Store reports and read the run's control in one script call: one command per
-        request. Per report True if new, False if (rank, step) was already stored."""
+        request. Per report STORED, DUPLICATE ((rank, step) already stored) or EXPIRED (older
+        than the retention window: not stored)."""
         k = RunKeys.of(run)
         now = time.time()
         args: list[Any] = [now, self.retention_steps]
@@ -113,7 +116,7 @@ class Store:
             if len(self._listed) >= LISTED_MAX:  # run names come from clients: stay bounded
                 self._listed.clear()
             self._listed[run] = now
-        return [bool(f) for f in flags], _control(control)
+        return [int(f) for f in flags], _control(control)
 
     # The pool decodes responses (decode_responses=True): every reply below is str.
     async def _scored(self, key: str, lo: float, hi: float) -> list[tuple[str, float]]:

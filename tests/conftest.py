@@ -17,6 +17,8 @@ import redis
 from monitor.embedded_redis import EmbeddedRedis, free_port
 
 SERVER_START_TIMEOUT_S = 30.0
+# Without tokens the service serves loopback Host headers only (monitor/auth.py).
+LOCAL = "http://127.0.0.1"
 
 
 @pytest.fixture(scope="session")

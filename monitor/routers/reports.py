@@ -12,7 +12,7 @@ from monitor.report_schema import ReportError, body_json_schema, decode_reports
 from monitor.routers import COMMON_RESPONSES
 from monitor.schemas import IngestResponse
 from monitor.settings import Settings
-from monitor.store import Store
+from monitor.store import DUPLICATE, EXPIRED, STORED, Store
 
 router = APIRouter(prefix="/v1/runs", tags=["reports"], responses=COMMON_RESPONSES)
 
@@ -42,13 +42,23 @@ async def ingest(run: RunPath, request: Request) -> Response:
         flags, control = await store.ingest(run, reports)
     else:  # an empty batch must not create a run
         flags, control = [], await store.control(run)
-    accepted = sum(flags)
+    accepted, expired = flags.count(STORED), flags.count(EXPIRED)
     REPORTS_INGESTED.labels("accepted").inc(accepted)
-    REPORTS_INGESTED.labels("duplicate").inc(len(flags) - accepted)
-    nonfinite = sorted({f"step {r.step}: {name}" for r in reports for name in r.nonfinite_fields()})
+    REPORTS_INGESTED.labels("duplicate").inc(flags.count(DUPLICATE))
+    REPORTS_INGESTED.labels("expired").inc(expired)
+    # Only what was stored: a duplicate's copy was discarded, its NaN is not the run's.
+    nonfinite = sorted(
+        {
+            f"step {r.step}: {name}"
+            for r, flag in zip(reports, flags, strict=True)
+            if flag == STORED
+            for name in r.nonfinite_fields()
+        }
+    )
     answer = IngestResponse(
         accepted=accepted,
-        duplicates=len(flags) - accepted,
+        duplicates=flags.count(DUPLICATE),
+        expired=expired,
         nonfinite=nonfinite,
         control=control,
     )

@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Query
 
 from monitor.deps import Admin, Reader, RunPath, StoreDep
 from monitor.layouts import HISTOGRAM_LAYOUTS, LAYOUTS
-from monitor.report_schema import STAT_NAMES
+from monitor.report_schema import MAX_STEP, STAT_NAMES
 from monitor.routers import COMMON_RESPONSES, NOT_FOUND
 from monitor.schemas import (
     HistogramSeries,
@@ -57,9 +57,13 @@ async def get_steps(
     run: RunPath,
     store: StoreDep,
     _: Reader,
-    start: Annotated[int | None, Query(ge=0, description="first step, inclusive")] = None,
-    end: Annotated[int | None, Query(ge=0, description="last step, inclusive")] = None,
-    every: Annotated[int | None, Query(ge=1, description="keep every n-th step")] = None,
+    start: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="first step, inclusive")
+    ] = None,
+    end: Annotated[int | None, Query(ge=0, le=MAX_STEP, description="last step, inclusive")] = None,
+    every: Annotated[
+        int | None, Query(ge=1, le=MAX_STEP, description="keep every n-th step")
+    ] = None,
     max_points: Annotated[
         int | None, Query(ge=2, le=MAX_POINTS_LIMIT, description="downsample to at most this many")
     ] = None,
@@ -88,9 +92,9 @@ async def get_histograms(
     store: StoreDep,
     _: Reader,
     name: Annotated[Literal["entropy", "covariance"], Query(description="which histogram")],
-    start: Annotated[int | None, Query(ge=0)] = None,
-    end: Annotated[int | None, Query(ge=0)] = None,
-    every: Annotated[int | None, Query(ge=1)] = None,
+    start: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
+    end: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
+    every: Annotated[int | None, Query(ge=1, le=MAX_STEP)] = None,
     max_points: Annotated[int | None, Query(ge=2, le=MAX_POINTS_LIMIT)] = None,
 ) -> HistogramSeries:
     """One histogram per step, counts added over ranks, on its fixed layout."""
@@ -120,7 +124,9 @@ async def get_top_tokens(
     run: RunPath,
     store: StoreDep,
     _: Reader,
-    step: Annotated[int | None, Query(ge=0, description="default: the latest step")] = None,
+    step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="default: the latest step")
+    ] = None,
 ) -> TopTokensResponse:
     """The highest-covariance tokens the ranks sent for one step."""
     if step is None:
