@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from monitor.gauges import GaugeRefresher
 from monitor.metrics import REPORTS_REJECTED
 from monitor.middleware import LimitsAndTiming
 from monitor.routers import analysis, control, health, metrics, reports, runs
@@ -73,10 +74,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 decode_responses=True,
             )
         app.state.settings = settings
-        app.state.store = Store(redis, retention_steps=settings.retention_steps)
+        app.state.store = Store(
+            redis, retention_steps=settings.retention_steps, max_runs=settings.max_runs
+        )
+        app.state.gauges = GaugeRefresher(app.state.store)
+        app.state.gauges.start()
         try:
             yield
         finally:
+            await app.state.gauges.stop()
             await redis.aclose()
 
     app = FastAPI(

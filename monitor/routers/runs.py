@@ -17,7 +17,7 @@ from monitor.schemas import (
     StepsResponse,
     TopTokensResponse,
 )
-from monitor.store import Store
+from monitor.store import RunRead
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=COMMON_RESPONSES | NOT_FOUND)
 MAX_POINTS_LIMIT = 100_000
@@ -25,31 +25,33 @@ _STAT = "|".join(STAT_NAMES)
 STATS_PATTERN = f"^({_STAT})(,({_STAT}))*$"  # in the schema, so clients see the valid names
 
 
-async def _summary(store: Store, run: str) -> RunSummary:
-    meta = await store.meta(run)
-    if not meta:
-        raise HTTPException(404, f"run {run!r} not found")
-    latest = await store.latest(run)
+def _summary(read: RunRead) -> RunSummary:
+    meta = read.meta
     return RunSummary(
-        run=run,
-        first_step=await store.first_step(run),
+        run=read.run,
+        first_step=read.first_step,
         last_step=int(meta["last_step"]) if "last_step" in meta else None,
         last_report_time=float(meta["last_report_time"]) if "last_report_time" in meta else None,
         reports=int(meta.get("reports", 0)),
-        latest=latest,
-        ranks=await store.rank_status(run, world_size=latest.ranks if latest else 1),
+        latest=read.latest,
+        ranks=read.ranks,  # validated into RankStatus
     )
 
 
 @router.get("")
 async def list_runs(store: StoreDep, _: Reader) -> RunsResponse:
-    """Every run, most recently active first, with its latest merged step."""
-    return RunsResponse(runs=[await _summary(store, run) for run in await store.run_names()])
+    """Every run, most recently active first, with its latest merged step. Read concurrently,
+    one script call per run: the cost grows with the number of runs, not their length."""
+    reads = await store.run_reads(await store.run_names(), details=False, ranks=True)
+    return RunsResponse(runs=[_summary(r) for r in reads if r is not None])
 
 
 @router.get("/{run}")
 async def get_run(run: RunPath, store: StoreDep, _: Reader) -> RunSummary:
-    return await _summary(store, run)
+    (read,) = await store.run_reads([run], details=False, ranks=True)
+    if read is None:
+        raise HTTPException(404, f"run {run!r} not found")
+    return _summary(read)
 
 
 @router.get("/{run}/steps")

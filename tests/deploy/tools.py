@@ -50,7 +50,10 @@ def exposed_metric_names() -> set[str]:
 
     from monitor.analysis import analyse
     from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
-    from monitor.metrics import SERVICE_REGISTRY, STEP_GAUGES, RunSnapshot, run_families
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from monitor.gauges import AnalysisGauges
+    from monitor.metrics import SERVICE_REGISTRY, STEP_GAUGES, RunSnapshot, render_runs
     from monitor.schemas import Control, StepPoint
 
     # A run whose entropy decays and whose reward follows the law: every analysis gauge is set.
@@ -80,9 +83,10 @@ def exposed_metric_names() -> set[str]:
                 "counts": [1] * bucket_count(COVARIANCE_LAYOUT),
             },
         },
-        analysis=analyse("r", points, Control()),
+        gauges=AnalysisGauges.of(analyse("r", points, Control()), 19, 0),
     )
-    names = {s.name for family in run_families([snapshot]) for s in family.samples}
+    text = render_runs([snapshot])
+    names = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
     service: list[Metric] = list(SERVICE_REGISTRY.collect())
     for family in service:
         if family.type == "histogram":
