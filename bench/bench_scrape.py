@@ -74,9 +74,9 @@ async def seed(redis: Redis, first: int, count: int, steps: int) -> None:
     thin, full = details(False), details(True)
     detail_docs = {f: thin for f in docs} | {f"{steps - 1}:0": full}
     index = {f"{s}:0": s for s in range(steps)}
-    for lo in range(first, first + count, 50):
+    for lo in range(first, first + count, 10):
         pipe = redis.pipeline(transaction=False)
-        for i in range(lo, min(lo + 50, first + count)):
+        for i in range(lo, min(lo + 10, first + count)):
             run = f"run-{i}"
             k = RunKeys.of(run)
             pipe.hset(k.scalars, mapping=docs)  # type: ignore[arg-type]
@@ -152,7 +152,7 @@ async def main(sizes: list[int], steps: int, repeat: int) -> dict[str, float]:
         tempfile.TemporaryDirectory() as tmp,
         EmbeddedRedis(Path(tmp), appendfsync="everysec", extra_args=("--appendonly", "no")) as srv,
     ):
-        redis = Redis.from_url(srv.url, decode_responses=True)
+        redis = Redis.from_url(srv.url, decode_responses=True, socket_timeout=600)
         store = Store(redis, retention_steps=steps + 1)
         seeded = 0
         rows = []

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.telemetry import TelemetryConfig
@@ -20,6 +20,7 @@ from monitor.gauges import GaugeRefresher
 from monitor.metrics import REPORTS_REJECTED
 from monitor.middleware import LimitsAndTiming
 from monitor.routers import analysis, control, health, metrics, reports, runs
+from monitor.schemas import json_number
 from monitor.settings import Settings
 from monitor.store import Store
 
@@ -41,6 +42,22 @@ def _publish_report_schemas(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _writable(value: Any, depth: int = 0) -> Any:
+    """`value` as strict JSON can hold it: non-finite floats as "NaN" / "Infinity" strings,
+    lone surrogates escaped, nesting cut at 32 levels (it only echoes the client's input)."""
+    if isinstance(value, float):
+        return json_number(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if depth >= 32 and isinstance(value, dict | list):
+        return "..."
+    if isinstance(value, dict):
+        return {_writable(k, depth): _writable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_writable(v, depth + 1) for v in value]
+    return value
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -117,6 +134,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         if request.url.path.endswith("/reports"):
             REPORTS_REJECTED.labels("invalid").inc()
-        return await request_validation_exception_handler(request, exc)
+        # FastAPI's answer quotes the bad input: a NaN or a lone surrogate in it made the
+        # 422 itself fail (500). Written out as strict JSON instead.
+        detail = _writable(jsonable_encoder(exc.errors()))
+        return JSONResponse({"detail": detail}, status_code=422)
 
     return app
