@@ -47,7 +47,8 @@ STATS = '"entropy":{h},"reward":{r},"cov_mean":0.001,"cov_std":0.05,"tokens":200
 def scalars(step: int) -> str:
     h = 0.1 + 0.9 / (1 + step / 500)
     stats = STATS.format(h=h, r=1 - 0.35 * 2.718**h)
-    return f'{{"step":{step},"rank":0,"world_size":1,"control_version":0,"stats":{{{stats}}},"user":{{}}}}'
+    head = f'{{"step":{step},"rank":0,"world_size":1,"control_version":0'
+    return f'{head},"stats":{{{stats}}},"user":{{}}}}'
 
 
 def details(full: bool) -> str:
@@ -104,7 +105,8 @@ async def scrape(store: Store) -> bytes:  # the /metrics route's work
 
 async def run_list(store: Store) -> bytes:  # GET /v1/runs' work, serialisation included
     reads = await store.run_reads(await store.run_names(), details=False, ranks=True)
-    return RunsResponse(runs=[_summary(r) for r in reads if r is not None]).model_dump_json().encode()
+    runs = RunsResponse(runs=[_summary(r) for r in reads if r is not None])
+    return runs.model_dump_json().encode()
 
 
 async def previous_scrape(store: Store) -> bytes:

@@ -47,12 +47,11 @@ def exposed_metric_names() -> set[str]:
     """Every sample name entmon's /metrics can expose: per-run families rendered from a snapshot
     with every field filled, plus this process's service metrics."""
     from prometheus_client.core import Metric
-
-    from monitor.analysis import analyse
-    from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
     from prometheus_client.parser import text_string_to_metric_families
 
+    from monitor.analysis import analyse
     from monitor.gauges import AnalysisGauges
+    from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
     from monitor.metrics import SERVICE_REGISTRY, STEP_GAUGES, RunSnapshot, render_runs
     from monitor.schemas import Control, StepPoint
 
