@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from monitor.analysis import AnalysisParams, analyse
 from monitor.embedded_redis import EmbeddedRedis
 from monitor.gauges import SCRAPE_MAX_POINTS
-from monitor.report_schema import StepReport, StepStats
-from monitor.routers.analysis import run_analysis
+from monitor.report_codec import StepReport, StepStats
+from monitor.run_analysis import run_analysis
 from monitor.store import RunKeys, Store
 
 RUN = "bench"

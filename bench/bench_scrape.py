@@ -30,15 +30,15 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
 from monitor.analysis import AnalysisParams
+from monitor.api_models import RunsResponse, RunSummary
 from monitor.embedded_redis import EmbeddedRedis
 from monitor.gauges import SCRAPE_MAX_POINTS, AnalysisGauges
-from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
 from monitor.metrics import RunSnapshot, exposition
-from monitor.routers.analysis import run_analysis
 from monitor.routers.metrics import _snapshots
 from monitor.routers.runs import _summary
-from monitor.schemas import RunsResponse, RunSummary
+from monitor.run_analysis import run_analysis
 from monitor.store import RUNS_KEY, RunKeys, Store
 
 STATS = '"entropy":{h},"reward":{r},"cov_mean":0.001,"cov_std":0.05,"tokens":20000'

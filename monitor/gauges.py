@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from monitor.analysis import Analysis, AnalysisParams
-from monitor.routers.analysis import run_analysis
+from monitor.run_analysis import run_analysis
 from monitor.store import Store
 
 log = logging.getLogger(__name__)

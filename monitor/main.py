@@ -16,11 +16,11 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from entmon.wire.numbers import to_wire
 from monitor.gauges import GaugeRefresher
 from monitor.metrics import REPORTS_REJECTED
 from monitor.middleware import LimitsAndTiming
-from monitor.routers import analysis, control, health, metrics, reports, runs
-from monitor.schemas import json_number
+from monitor.routers import analysis, control, docs, health, metrics, reports, runs
 from monitor.settings import Settings
 from monitor.store import Store
 
@@ -30,7 +30,7 @@ _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": Fa
 
 
 def _publish_report_schemas(app: FastAPI) -> None:
-    """The ingest route decodes its body itself (msgspec, monitor/report_schema.py); put the
+    """The ingest route decodes its body itself (msgspec, monitor/report_codec.py); put the
     structs its schema refers to into the OpenAPI components."""
     build = app.openapi
 
@@ -48,7 +48,7 @@ def _writable(value: Any, depth: int = 0) -> Any:
     """`value` as strict JSON can hold it: non-finite floats as "NaN" / "Infinity" strings,
     lone surrogates escaped, nesting cut at 32 levels (it only echoes the client's input)."""
     if isinstance(value, float):
-        return json_number(value)
+        return to_wire(value)
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if depth >= 32 and isinstance(value, dict | list):
@@ -108,6 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Live entropy monitoring and Clip-Cov / KL-Cov control for RL of language models",
         lifespan=lifespan,
         telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
+        docs_url=None,  # served from local assets by routers/docs.py
+        redoc_url=None,  # ReDoc has no packaged build to serve offline
     )
     app.add_middleware(LimitsAndTiming, max_body_bytes=settings.max_body_bytes)
     for router in (
@@ -119,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         analysis.router,
     ):
         app.include_router(router)
+    docs.mount(app)
     _publish_report_schemas(app)
 
     @app.exception_handler(RedisError)

@@ -20,9 +20,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from entmon.wire.knobs import KNOBS, NUMERIC_KNOBS
+from entmon.wire.layouts import upper_bound_labels
 from monitor.analysis import FLAGS, STATES
-from monitor.layouts import upper_bound_labels
-from monitor.schemas import Control, StepPoint
+from monitor.api_models import Control, StepPoint
 
 if TYPE_CHECKING:
     from monitor.gauges import AnalysisGauges
@@ -81,10 +82,6 @@ RUN_COUNTERS = (
     ("tokens_penalised", "penalised", "Tokens penalised by KL-Cov"),
     ("client_dropped_reports", "client_drops", "Reports the clients dropped before sending"),
 )
-CONTROL_KNOBS = (
-    "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "kl_cov_ratio", "ppo_kl_coef",
-    "clip_ratio_low", "clip_ratio_high",
-)  # fmt: skip
 # (metric name, histogram name, the mean statistic that gives its sum, help)
 HISTOGRAMS = (
     ("token_entropy", "entropy", "entropy", "Token entropy distribution of the latest step, nats"),
@@ -192,18 +189,26 @@ def render_runs(snapshots: Iterable[RunSnapshot]) -> str:
         lines = [f'{total}{{run="{s.run}"}} {_value(float(s.meta.get(field, 0)))}\n' for s in snaps]
         out.family(total, "counter", help_, lines)
 
-    mode, version, applied, knobs = [], [], [], []
+    # A knob with choices (loss_mode) is a gauge of its own, 1 for the current choice.
+    choice_knobs = [k.name for k in KNOBS if not k.numeric]
+    choices: dict[str, list[str]] = {name: [] for name in choice_knobs}
+    version, applied, knobs = [], [], []
     for s in snaps:
         c = s.control
-        mode.append(f'{PREFIX}_control_loss_mode{{loss_mode="{c.loss_mode}",run="{s.run}"}} 1.0\n')
+        for name in choice_knobs:
+            choice = getattr(c, name)
+            choices[name].append(
+                f'{PREFIX}_control_{name}{{{name}="{choice}",run="{s.run}"}} 1.0\n'
+            )
         version.append(f'{PREFIX}_control_version{{run="{s.run}"}} {_value(c.version)}\n')
         if s.latest is not None and s.latest.control_version is not None:
             v = _value(s.latest.control_version)
             applied.append(f'{PREFIX}_control_version_applied{{run="{s.run}"}} {v}\n')
-        for knob in CONTROL_KNOBS:
-            setting = _value(getattr(c, knob))
-            knobs.append(f'{PREFIX}_control_knob{{knob="{knob}",run="{s.run}"}} {setting}\n')
-    out.family(f"{PREFIX}_control_loss_mode", "gauge", "1 for the run's current loss mode", mode)
+        for knob in NUMERIC_KNOBS:
+            setting = _value(getattr(c, knob.name))
+            knobs.append(f'{PREFIX}_control_knob{{knob="{knob.name}",run="{s.run}"}} {setting}\n')
+    for name, lines in choices.items():
+        out.family(f"{PREFIX}_control_{name}", "gauge", f"1 for the run's current {name}", lines)
     out.family(f"{PREFIX}_control_version", "gauge", "Current control version", version)
     out.family(
         f"{PREFIX}_control_version_applied",

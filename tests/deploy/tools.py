@@ -49,11 +49,11 @@ def exposed_metric_names() -> set[str]:
     from prometheus_client.core import Metric
     from prometheus_client.parser import text_string_to_metric_families
 
+    from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
     from monitor.analysis import analyse
+    from monitor.api_models import Control, StepPoint
     from monitor.gauges import AnalysisGauges
-    from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
     from monitor.metrics import SERVICE_REGISTRY, STEP_GAUGES, RunSnapshot, render_runs
-    from monitor.schemas import Control, StepPoint
 
     # A run whose entropy decays and whose reward follows the law: every analysis gauge is set.
     points = [

@@ -129,7 +129,7 @@ def test_run_ids_made_of_dots_are_refused(server: ServerProcess, run: str) -> No
 
 
 def _serve_and_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "monitor.cli", "serve", "--port", str(free_port())]
+    command = [sys.executable, "-m", "entmon.cli", "serve", "--port", str(free_port())]
     clean = ServerProcess(env).env
     return subprocess.run(
         command, env=clean, capture_output=True, text=True, timeout=SERVER_START_TIMEOUT_S

@@ -16,7 +16,7 @@ import httpx
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from monitor.report_schema import STAT_NAMES
+from entmon.wire.stats import STAT_NAMES
 from tests.conftest import ServerProcess
 
 EXAMPLES = 40
