@@ -164,13 +164,19 @@ async def main(sizes: list[int], steps: int, repeat: int) -> dict[str, float]:
             seeded = n
             seeding = time.perf_counter() - start
             memory = int((await redis.info("memory"))["used_memory"]) / 2**30
+            cpu = time.process_time()
             metrics_s = await timed(lambda: scrape(store), repeat)
+            metrics_cpu = (time.process_time() - cpu) / repeat
+            cpu = time.process_time()
             runs_s = await timed(lambda: run_list(store), repeat)
+            runs_cpu = (time.process_time() - cpu) / repeat
             rows.append((n, metrics_s, runs_s))
             figures[f"metrics_{n}"], figures[f"runs_{n}"] = metrics_s, runs_s
             print(
-                f"{n:>6} runs x {steps} steps: /metrics {metrics_s:7.3f} s   GET /v1/runs "
-                f"{runs_s:7.3f} s   (seeded in {seeding:.0f} s, Redis {memory:.2f} GiB)",
+                f"{n:>6} runs x {steps} steps: /metrics {metrics_s:7.3f} s (service CPU "
+                f"{metrics_cpu:.3f} s)   GET /v1/runs {runs_s:7.3f} s (CPU {runs_cpu:.3f} s)   "
+                f"(seeded in {seeding:.0f} s, Redis {memory:.2f} GiB, "
+                f"load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
             if n == min(sizes):
