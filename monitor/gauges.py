@@ -11,7 +11,6 @@ stale itself (SCRAPE_REFRESH_MAX), so a new run or a control change shows at the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -29,6 +28,7 @@ log = logging.getLogger(__name__)
 SCRAPE_MAX_POINTS = 500
 SCRAPE_REFRESH_MAX = 4  # runs a scrape analyses itself (the background task does the others)
 REFRESH_INTERVAL_S = 5.0  # least time between two analyses of one run by one process
+STOP_TIMEOUT_S = 2.0
 PENDING_MAX = 100_000  # runs waiting for a refresh that a process remembers
 
 
@@ -129,10 +129,11 @@ class GaugeRefresher:
         self._task = asyncio.create_task(self._loop(), name="entmon-gauge-refresher")
 
     async def stop(self) -> None:
+        """Cancel the task; never wait long for it (shutdown must not hang on a Redis read
+        that a cancellation does not end)."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
 
     async def _loop(self) -> None:
         while True:
