@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import streamlit as st
@@ -10,6 +11,7 @@ import streamlit as st
 from dashboard import api, session
 from entmon.wire.knobs import KNOBS, NUMERIC_KNOBS, Knob
 
+SILENT_AFTER_S = 60.0  # a run quiet this long is warned about: its ranks apply nothing until back
 OPEN_BOUND_MARGIN = 1e-6  # the least a knob with an open lower bound (clip ratios > 0) may take
 
 
@@ -65,6 +67,19 @@ def knob_form(run: str, control: dict[str, Any]) -> tuple[dict[str, Any], str] |
     return None
 
 
+def _warn_if_silent(http: Any, run: str) -> None:
+    try:
+        last = api.get_run(http, run).get("last_report_time")
+    except api.ApiError:
+        return  # the page says so where it reads the control
+    quiet = None if last is None else time.time() - last
+    if quiet is not None and quiet > SILENT_AFTER_S:
+        st.warning(
+            f"{run} has not reported for {quiet:.0f} s: a change is stored now but its ranks "
+            "apply it only at their next step, if the run is still training."
+        )
+
+
 def render() -> None:
     run = session.choose_run(key="control-run")
     if run is None:
@@ -75,6 +90,7 @@ def render() -> None:
         loaded[run] = api.get_control(http, run)
     control = loaded[run]
     st.caption(f"Editing control version {control['version']} of {run}.")
+    _warn_if_silent(http, run)
     applied = st.session_state.pop("control_applied", None)
     if applied is not None:
         st.success(applied)

@@ -124,6 +124,18 @@ def test_three_applies_in_a_row_each_reach_the_server(streamed: ServerProcess) -
         assert f"Editing control version {version} of alpha" in app.caption[0].value
 
 
+def test_a_run_that_stopped_reporting_is_warned_about_before_an_edit(
+    streamed: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = page("control")
+    app.query_params["run"] = "alpha"
+    app.run()
+    assert not app.warning  # alpha reported just now
+    monkeypatch.setattr("dashboard.views.control.SILENT_AFTER_S", -1.0)
+    app.run()
+    assert "has not reported for" in app.warning[0].value
+
+
 def test_stale_control_shows_who_changed_what_and_reloads(streamed: ServerProcess) -> None:
     app = page("control")
     app.query_params["run"] = "alpha"
