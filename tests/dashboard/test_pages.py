@@ -136,6 +136,20 @@ def test_a_run_that_stopped_reporting_is_warned_about_before_an_edit(
     assert "has not reported for" in app.warning[0].value
 
 
+def test_preview_says_what_a_setting_would_touch_without_applying_it(
+    streamed: ServerProcess,
+) -> None:
+    app = page("control")
+    app.query_params["run"] = "alpha"
+    app.run()
+    form_select(app).set_value("kl_cov")
+    next(b for b in app.button if b.label.startswith("Preview")).click()
+    app.run()
+    assert not app.exception
+    assert "would have penalised about" in app.info[0].value
+    assert httpx.get(f"{streamed.url}/v1/runs/alpha/control").json()["version"] == 0
+
+
 def test_stale_control_shows_who_changed_what_and_reloads(streamed: ServerProcess) -> None:
     app = page("control")
     app.query_params["run"] = "alpha"
