@@ -110,6 +110,9 @@ def _numbers(
 ) -> dict[str, float | int | str]:
     out: dict[str, float | int | str] = {}
     for name, value in values.items():
+        if type(value) is float and -math.inf < value < math.inf and name not in integer:
+            out[name] = value  # the common case, kept cheap: close() may encode thousands
+            continue
         if value is None:
             continue
         try:

@@ -22,6 +22,7 @@ import collections
 import contextlib
 import enum
 import logging
+import math
 import os
 import sys
 import threading
@@ -61,6 +62,8 @@ REPLAY_BATCH_SIZE = 512  # the service takes at most 1024 reports per request
 REPLAY_BATCH_BYTES = 512 << 10  # and 1 MiB per body by default
 IDLE_TICK_S = 0.25  # how often an idle reporter looks at the clock (close, polls, retries)
 CLOSE_NETWORK_SHARE = 0.5  # close(): this share of the timeout for sending, the rest to spool
+HUNG_REQUEST_S = 0.5  # close(): a request in flight this long is cut, the rest spooled
+CLOSE_POLL_S = 0.05  # close(): how often it looks for a hung request
 # The reporter sleeps this long after each unit of work (one report encoded, one request), so
 # the training thread gets the GIL back within one unit instead of CPython's 5 ms switch
 # interval: this keeps log()'s p99 under a millisecond while the reporter is busy.
@@ -153,6 +156,7 @@ class Reporter:
         self._strikes = Strikes()
         self._last_exchange = -float("inf")  # ask for the run's control at once
         self._last_post = -float("inf")  # when the last batch of reports was sent
+        self._request_since = math.inf  # when the request in flight started (inf: none)
         _live.add(self)
         self._thread = threading.Thread(target=self._main, name="entmon-reporter", daemon=True)
         self._thread.start()
@@ -197,7 +201,7 @@ class Reporter:
         self._enter(Phase.CLOSING)
         self._stop.set()
         self._wake.set()
-        self._thread.join(max(0.0, self._network_deadline - time.monotonic()))
+        self._wait_while_sending()
         if self._thread.is_alive():  # sending is over: cut any request, take the state over
             self._enter(Phase.OFFLINE)
             self._handover.set()
@@ -213,6 +217,16 @@ class Reporter:
         if self._thread.is_alive():
             self._log_once("close_timeout", f"close: reporter still busy after {timeout}s")
         _live.discard(self)
+
+    def _wait_while_sending(self) -> None:
+        """close(): let the thread send until the network deadline, unless one request hangs
+        (then the time is better spent spooling: encoding thousands of reports takes a while
+        on a loaded machine)."""
+        while self._thread.is_alive():
+            left = self._network_deadline - time.monotonic()
+            if left <= 0 or time.monotonic() - self._request_since > HUNG_REQUEST_S:
+                return
+            self._thread.join(min(left, CLOSE_POLL_S))
 
     def _disown(self) -> None:
         """In a forked child: forget the parent's queue and thread; this copy stays silent."""
@@ -308,13 +322,17 @@ class Reporter:
         return items
 
     # -- encoding ------------------------------------------------------------------------------
-    def _encode(self, items: list[dict[str, Any]]) -> list[bytes]:
+    def _encode(self, items: list[dict[str, Any]], deadline: float = math.inf) -> list[bytes]:
         """JSON lines for `items` (with `_held` empty). Letting go half-way keeps the encoded
-        ones in `_held` and puts the rest back at the head of the queue: nothing is lost."""
+        ones in `_held` and puts the rest back at the head of the queue: nothing is lost; so
+        does running past `deadline`."""
         lines: list[bytes] = []
         for i, report in enumerate(items):
             try:
                 self._checkpoint()
+                if deadline < math.inf and time.monotonic() > deadline:
+                    self._queue.extendleft(reversed(items[i:]))
+                    return lines
             except _HandedOver:
                 self._held = lines
                 self._queue.extendleft(reversed(items[i:]))
@@ -403,9 +421,13 @@ class Reporter:
     def _deliver(self, lines: list[bytes]) -> bool:
         """True when done with the batch (acknowledged, rejected or set aside for good); False
         to retry it."""
-        outcome = deliver(
-            self._conn, self._run_name, lines, timeout_s=self._timeout(), strikes=self._strikes
-        )
+        self._request_since = time.monotonic()
+        try:
+            outcome = deliver(
+                self._conn, self._run_name, lines, timeout_s=self._timeout(), strikes=self._strikes
+            )
+        finally:
+            self._request_since = math.inf
         self._last_post = time.monotonic()
         self._yield_gil()
         for line, reply in outcome.rejected:
@@ -450,12 +472,15 @@ class Reporter:
         )
 
     def _poll_control(self) -> None:
+        self._request_since = time.monotonic()
         try:
             reply = self._conn.get_control(self._run_name, timeout_s=self._timeout())
         except TransportError as e:
             self._last_exchange = time.monotonic()  # no faster than the poll interval
             self._log_once("unreachable", f"cannot reach the monitor at {self._conn.url}: {e}")
             return
+        finally:
+            self._request_since = math.inf
         self._last_exchange = time.monotonic()
         if reply.ok:
             self._control_from(reply, whole_body=True)
@@ -524,18 +549,16 @@ class Reporter:
         self._enter(Phase.OFFLINE)  # from here on, _park never holds in memory
         try:
             while self._held or self._queue:
-                if time.monotonic() > deadline:
-                    left = len(self._held) + len(self._queue)
-                    self._drop_lines(self._held, "close_late", "close: out of time")
-                    self._held = []
-                    self._drop(len(self._queue), "close_late", f"close: out of time for {left}")
-                    self._queue.clear()
-                    return
                 if not self._held:
-                    self._held = self._encode(self._take(REPLAY_BATCH_SIZE))
+                    self._held = self._encode(self._take(REPLAY_BATCH_SIZE), deadline)
                     self._checkpoint()
                 lines, self._held = self._held, []
                 self._park(lines)
+                if time.monotonic() > deadline and self._queue:
+                    left = len(self._queue)
+                    why = f"close: out of time to spool the last {left} reports"
+                    self._drop(left, "close_late", why)
+                    self._queue.clear()
         except _HandedOver:
             raise
         except Exception as e:
