@@ -50,4 +50,5 @@ def poisoned(app: Any) -> Any:
 
 
 if __name__ == "__main__":
-    uvicorn.run(poisoned(create_app()), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    port = int(sys.argv[1])
+    uvicorn.run(poisoned(create_app()), host="127.0.0.1", port=port, log_level="warning")
