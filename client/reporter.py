@@ -60,6 +60,7 @@ DEFAULT_RETRY_BASE_S = 0.5
 DEFAULT_RETRY_MAX_S = 30.0
 REPLAY_BATCH_SIZE = 512  # the service takes at most 1024 reports per request
 REPLAY_BATCH_BYTES = 512 << 10  # and 1 MiB per body by default
+SPOOL_FLUSH_S = 0.25  # while the monitor fails, reports go to the spool this often at most
 IDLE_TICK_S = 0.25  # how often an idle reporter looks at the clock (close, polls, retries)
 CLOSE_NETWORK_SHARE = 0.5  # close(): this share of the timeout for sending, the rest to spool
 HUNG_REQUEST_S = 0.5  # close(): a request in flight this long is cut, the rest spooled
@@ -157,6 +158,7 @@ class Reporter:
         self._last_exchange = -float("inf")  # ask for the run's control at once
         self._last_post = -float("inf")  # when the last batch of reports was sent
         self._request_since = math.inf  # when the request in flight started (inf: none)
+        self._last_park = -math.inf  # when reports last went to the spool
         _live.add(self)
         self._thread = threading.Thread(target=self._main, name="entmon-reporter", daemon=True)
         self._thread.start()
@@ -292,10 +294,20 @@ class Reporter:
 
     def _wait_for_company(self) -> None:
         """A report logged after a quiet spell goes at once (its answer brings a control change
-        back before the next step); quicker steps are batched, one request per flush interval."""
-        if not 0 < len(self._queue) < self._config.batch_size or self._spooling():
+        back before the next step); quicker steps are batched, one request per flush interval.
+        While the monitor fails, reports only go to disk, one append per `SPOOL_FLUSH_S`: a
+        wake-up per report cost log() milliseconds (the niced reporter, holding the GIL it
+        takes back after each disk sync, waits for a CPU while the training thread waits for it).
+        """
+        if not 0 < len(self._queue) < self._batch_limit():
             return
-        wait = self._last_post + self._config.flush_interval_s - time.monotonic()
+        now = time.monotonic()
+        if not self._may_send():
+            wait = min(self._last_park + SPOOL_FLUSH_S, self._backoff.retry_at) - now
+        elif self._spooling() or self._held:
+            return  # the monitor is back: replay without waiting
+        else:
+            wait = self._last_post + self._config.flush_interval_s - now
         if wait > 0:
             self._stop.wait(wait)
 
@@ -365,6 +377,7 @@ class Reporter:
             else:
                 self._held = lines
             return
+        self._last_park = time.monotonic()
         try:
             fit = self._spool.append(lines)
         except SpoolWriteError as e:
