@@ -28,7 +28,7 @@ _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": Fa
 
 
 def _publish_report_schemas(app: FastAPI) -> None:
-    """The ingest route decodes its body itself (msgspec, monitor/report_schema.py); put the
+    """The ingest route decodes its body itself (msgspec, monitor/report_codec.py); put the
     structs its schema refers to into the OpenAPI components."""
     build = app.openapi
 

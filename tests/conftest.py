@@ -68,7 +68,7 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
-        command = [sys.executable, "-m", "monitor.cli", "serve", "--port", str(self.port)]
+        command = [sys.executable, "-m", "entmon.cli", "serve", "--port", str(self.port)]
         command += self.args
         self.process = subprocess.Popen(
             command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
