@@ -43,7 +43,7 @@ from client.connection import (
 from client.delivery import Strikes, deliver
 from client.drop_ledger import DropLedger
 from client.log_once import LogOnce
-from client.report import encode, finalize
+from client.report import PendingReport, encode, finalize
 from client.spool import (
     DEFAULT_SPOOL_MAX_BYTES,
     Spool,
@@ -134,7 +134,7 @@ class Reporter:
         self._on_control = on_control
         self._tokenizer = tokenizer
         self._log_once = log_once or LogOnce(enabled=True)
-        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._queue: collections.deque[PendingReport] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()  # close() called: wakes every wait of the thread
         self._phase = Phase.RUNNING
@@ -164,7 +164,7 @@ class Reporter:
         self._thread.start()
 
     # -- training thread -----------------------------------------------------------------------
-    def submit(self, report: dict[str, Any]) -> None:
+    def submit(self, report: PendingReport) -> None:
         """Enqueue without blocking; a full queue drops the report and counts it."""
         if self._closed:
             return
@@ -324,17 +324,17 @@ class Reporter:
         # Behind a spool, reports only go to disk: big batches, fewer syncs.
         return REPLAY_BATCH_SIZE if self._spooling() else self._config.batch_size
 
-    def _take(self, limit: int) -> list[dict[str, Any]]:
+    def _take(self, limit: int) -> list[PendingReport]:
         # Without a spool, a failing monitor leaves reports in the queue: it is the buffer.
         if self._held:
             return []
-        items: list[dict[str, Any]] = []
+        items: list[PendingReport] = []
         while self._queue and len(items) < limit:
             items.append(self._queue.popleft())
         return items
 
     # -- encoding ------------------------------------------------------------------------------
-    def _encode(self, items: list[dict[str, Any]], deadline: float = math.inf) -> list[bytes]:
+    def _encode(self, items: list[PendingReport], deadline: float = math.inf) -> list[bytes]:
         """JSON lines for `items` (with `_held` empty). Letting go half-way keeps the encoded
         ones in `_held` and puts the rest back at the head of the queue: nothing is lost; so
         does running past `deadline`."""
@@ -358,12 +358,12 @@ class Reporter:
                 lines.append(encode(done))
                 self._yield_gil()
             except Exception as e:
-                why = f"step {report.get('step')} not reportable: {e!r}"
+                why = f"step {report.step} not reportable: {e!r}"
                 self._drop(1, "encode", why, carried=drops)
             if problems:
                 self._log_once(
                     f"scalar:{problems[0].split('=')[0]}",
-                    f"log(step={report.get('step')}) left out {'; '.join(problems)}",
+                    f"log(step={report.step}) left out {'; '.join(problems)}",
                     logging.ERROR,
                 )
         return lines

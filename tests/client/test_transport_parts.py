@@ -1,4 +1,5 @@
-"""The reporter's parts on their own: back-off, drop ledger, poison strikes, dead-letter path."""
+"""The reporter's parts on their own: back-off, drop ledger, poison strikes, dead-letter path,
+the pending report."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from client.backoff import PROBE_TIMEOUT_S, Backoff
 from client.delivery import POISON_STRIKES, Strikes
 from client.drop_ledger import DropLedger
+from client.report import PendingReport, build_report, finalize
 from client.spool import dead_letter_path, spool_path
 
 
@@ -56,3 +60,14 @@ def test_a_report_is_poison_only_after_its_strikes() -> None:
 def test_the_dead_letter_file_sits_beside_the_spool(tmp_path: Path) -> None:
     spool = spool_path(tmp_path, "run-1", 3)
     assert dead_letter_path(spool) == tmp_path / "run-1.rank3.dead.jsonl"
+
+
+def test_a_pending_report_keeps_tensors_detached_until_finalize_reads_them() -> None:
+    loss = torch.tensor(0.25, requires_grad=True) * 2
+    pending = build_report(4, 1, 2, 7, {"policy_loss": loss, "lr": 1e-6})
+    assert isinstance(pending, PendingReport)
+    assert not pending.scalars["policy_loss"].requires_grad  # no graph kept alive in the queue
+    done = finalize(pending, client_drops=2)
+    assert (done["step"], done["rank"], done["control_version"]) == (4, 1, 7)
+    assert done["stats"] == {"policy_loss": 0.5, "client_drops": 2}
+    assert done["user"] == {"lr": 1e-6}
