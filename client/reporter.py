@@ -222,11 +222,12 @@ class Reporter:
 
     def _wait_while_sending(self) -> None:
         """close(): let the thread send until the network deadline, unless one request hangs
-        (then the time is better spent spooling: encoding thousands of reports takes a while
-        on a loaded machine)."""
+        and there is a spool (then the time is better spent spooling: encoding thousands of
+        reports takes a while on a loaded machine; without a spool, cutting would lose them)."""
         while self._thread.is_alive():
             left = self._network_deadline - time.monotonic()
-            if left <= 0 or time.monotonic() - self._request_since > HUNG_REQUEST_S:
+            hung = time.monotonic() - self._request_since > HUNG_REQUEST_S
+            if left <= 0 or (hung and self._spool is not None):
                 return
             self._thread.join(min(left, CLOSE_POLL_S))
 
