@@ -104,9 +104,12 @@ def finalize(
     return out
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # one, not one per call
+
+
 def encode(report: dict[str, Any]) -> bytes:
     """One line of compact JSON (json escapes newlines inside strings)."""
-    return json.dumps(report, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(report).encode()
 
 
 def step_of(line: bytes) -> tuple[int, int]:
