@@ -13,10 +13,33 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from playwright.sync_api import Page, sync_playwright
 
 from monitor.embedded_redis import EmbeddedRedis, free_port
 
 SERVER_START_TIMEOUT_S = 30.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip `cuda`-marked tests, with the reason, where torch sees fewer CUDA devices than they
+    need (`@pytest.mark.cuda(devices=2)`; one by default). `make gpu-check` runs them."""
+    marked = [(item, item.get_closest_marker("cuda")) for item in items]
+    marked = [(item, m) for item, m in marked if m is not None]
+    if not marked:
+        return
+    import torch  # only when such a test was collected
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for item, marker in marked:
+        need = int(marker.kwargs.get("devices", 1))
+        if have < need:
+            build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU build")
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"needs {need} CUDA device(s), {build} sees {have}: "
+                    "run `make gpu-check` on a GPU machine"
+                )
+            )
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +119,24 @@ def server(redis_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
     proc = ServerProcess({"ENTMON_REDIS_URL": redis_url, "ENTMON_DATA_DIR": str(tmp_path)}).start()
     yield proc
     proc.stop()
+
+
+CHROMIUM = "/usr/bin/chromium"
+# The flags that keep chromium quiet on a machine without network or display.
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} missing: apt-get install chromium (make test does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        yield page
+        browser.close()

@@ -171,13 +171,20 @@ def test_a_control_change_applies_at_a_step_boundary_and_reports_say_which_versi
 def test_two_gloo_ranks_apply_a_control_change_at_the_same_step(
     server: ServerProcess, tmp_path: Path
 ) -> None:
+    two_ranks_apply_a_control_change_at_the_same_step(server, tmp_path, "gloo")
+
+
+def two_ranks_apply_a_control_change_at_the_same_step(
+    server: ServerProcess, tmp_path: Path, backend: str
+) -> None:
+    """Two rank_worker processes on `backend` (tests/client/test_cuda_nccl.py: NCCL)."""
     steps = 150
     outs = [tmp_path / f"rank{r}.json" for r in (0, 1)]
     env = os.environ | {"ENTMON_SPOOL_DIR": str(tmp_path / "spool")}
     worker = [sys.executable, "-m", "tests.client.rank_worker"]
     args = [str(tmp_path / "init"), server.url, "ddp", str(steps)]
     procs = [
-        subprocess.Popen([*worker, str(r), "2", *args, str(outs[r])], cwd=ROOT, env=env)
+        subprocess.Popen([*worker, str(r), "2", *args, str(outs[r]), backend], cwd=ROOT, env=env)
         for r in (0, 1)
     ]
     try:
