@@ -75,6 +75,8 @@ def test_run_view_draws_every_chart(streamed: ServerProcess) -> None:
     assert any("R²" in c.value for c in app.caption)  # the fitted law under its chart
     tokens = app.dataframe[0].value
     assert len(tokens) == 16 and tokens["cov"].is_monotonic_decreasing  # 8 per rank
+    changes = app.dataframe[1].value  # the streamed run changes its control halfway
+    assert list(changes["version"]) == ["v0 → v1"] and changes["steps compared"][0] == 20
 
 
 def form_select(app: AppTest) -> Selectbox[str]:
