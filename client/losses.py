@@ -3,16 +3,16 @@
 Inputs are verl's: [batch, response_len] tensors of current and old log-probs, advantages and a
 0/1 response mask. Aggregation is verl's "token-mean", sum(loss * mask) / max(sum(mask), 1), so an
 all-masked batch gives a finite 0 where verl gives NaN. Each function returns the loss and a
-`LossStats` of 0-d device tensors: nothing here reads the device, so the monitor can copy every
-statistic of a step to the host in one transfer (client/stats.py).
+`LossStats` of 0-d device tensors: nothing here reads a device value (KL-Cov on CPU reads one
+boolean, where there is no device to wait for), so the monitor can copy every statistic of a
+step to the host in one transfer (client/stats.py).
 
-Deliberate departures from verl, all outside the inputs verl accepts: a ratio of 0 switches
-Clip-Cov / KL-Cov off (verl asserts > 0); an all-masked batch gives 0, not NaN; and Clip-Cov's
-random choice draws from a `torch.Generator` you may pass (verl uses the global RNG), so the
-chosen tokens have the reference's distribution, not its exact draw. Like verl, Clip-Cov and
-KL-Cov do not clamp the log-ratio: a huge ratio overflows to inf and the loss and statistics
-report it instead of hiding it. Vanilla PPO is verl's `vanilla` mode: log-ratio clamped to
-[-20, 20] and dual-clip with `clip_ratio_c` (3.0) for negative advantages.
+Where these equal verl's bit for bit and where not (covariance in float32, ties on CUDA,
+all-masked batches, ratio 0, Clip-Cov's random stream) is in client/MATH.md, "Parity with
+verl". Like verl, Clip-Cov and KL-Cov do not clamp the log-ratio: a huge ratio overflows to inf
+and the loss (NaN at a detached token, as verl's `loss * corr`) and statistics report it
+instead of hiding it. Vanilla PPO is verl's `vanilla` mode: log-ratio clamped to [-20, 20] and
+dual-clip with `clip_ratio_c` (verl's default 3.0) for negative advantages.
 """
 
 from __future__ import annotations

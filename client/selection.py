@@ -5,7 +5,9 @@ device value. Instead of reading it to the host, as the reference does with `.it
 a `topk` of a size the host knows from the shapes (the budget at a full mask, which bounds the
 real one) and keep the first `budget` entries with a device-side comparison.
 
-- KL-Cov: the K valid tokens with the largest covariance (`topk`, deterministic).
+- KL-Cov: the K valid tokens with the largest covariance (`topk`, deterministic). On CPU, when
+  equal covariances straddle the K-th place, verl's own packed `torch.topk`, so that the tie
+  resolves as in verl (client/MATH.md, "Parity with verl").
 - Clip-Cov: min(n, #candidates) candidates uniformly at random. Every token draws a random
   31-bit key from the caller's `torch.Generator` (two per 64-bit draw: on CPU a draw costs
   more than any other pass of the loss); the n candidates with the largest keys are a uniformly
