@@ -42,7 +42,7 @@ lint:
 	$(VENV)/bin/ruff format --check .
 
 typecheck:
-	$(VENV)/bin/mypy client monitor dashboard
+	$(VENV)/bin/mypy client monitor dashboard entmon
 
 pytest:
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from monitor.analysis import AnalysisParams, analyse
 from monitor.embedded_redis import EmbeddedRedis
-from monitor.report_schema import StepReport, StepStats
+from monitor.report_codec import StepReport, StepStats
 from monitor.routers.analysis import run_analysis
 from monitor.routers.metrics import SCRAPE_MAX_POINTS
 from monitor.store import RunKeys, Store

@@ -27,7 +27,7 @@ from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.realistic import realistic_report
-from monitor.cli import dashboard_command
+from entmon.commands import dashboard_command
 from monitor.embedded_redis import EmbeddedRedis, free_port
 
 CHROMIUM_ARGS = [
@@ -102,7 +102,7 @@ def main() -> int:
         api = f"http://127.0.0.1:{api_port}"
         serve = ["serve", "--port", str(api_port), "--log-level", "warning"]
         server = subprocess.Popen(
-            [sys.executable, "-m", "monitor.cli", *serve],
+            [sys.executable, "-m", "entmon.cli", *serve],
             env=clean | {"ENTMON_REDIS_URL": redis.url},
             stderr=subprocess.DEVNULL,
         )

@@ -195,7 +195,7 @@ def main() -> int:
         serve = ["serve", "--port", str(port), "--log-level", "warning"]
         serve += ["--workers", str(args.workers)]
         server = subprocess.Popen(
-            [sys.executable, "-m", "monitor.cli", *serve], env=env, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "entmon.cli", *serve], env=env, stderr=subprocess.DEVNULL
         )
         url = f"http://127.0.0.1:{port}"
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
+from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
 
 STATS = {
     "entropy": 0.61, "logp_mean": -0.42, "adv_mean": 0.0, "adv_std": 0.98, "cov_mean": 0.0021,

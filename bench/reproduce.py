@@ -1,6 +1,6 @@
 """Reproduce the paper's mechanism on the CPU toy: baseline GRPO vs Clip-Cov vs KL-Cov.
 
-Runs examples/grpo_toy.py (the `entmon demo` trainer) for each method and seed, then prints and
+Runs entmon/demo/toy.py (the `entmon demo` trainer) for each method and seed, then prints and
 writes (JSON + PNG) what Cui et al. (2025) claim, measured on the toy:
 - the baseline's entropy collapses (entropy at the last step relative to the start);
 - Clip-Cov and KL-Cov end with a higher reward than the baseline, by more than the seed spread,
@@ -27,7 +27,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,9 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from client import Control, StepAccumulator, policy_loss, token_covariance
-from examples.grpo_toy import TOY_CLIP_COV_RATIO, TOY_KL_COV_RATIO, ToyConfig, train
+from entmon.demo.toy import TOY_CLIP_COV_RATIO, TOY_KL_COV_RATIO, ToyConfig, train
 from monitor.analysis import fit_law
-from monitor.schemas import StepPoint
+from monitor.api_models import StepPoint
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("vanilla", "clip_cov", "kl_cov")
@@ -54,7 +54,7 @@ SWITCH_WINDOWS = ((0, 10), (20, 30), (45, 55))  # steps after the switch, averag
 
 def control_for(method: str) -> Control:
     """The toy's knobs: the paper's except the two ratios, scaled (see the module docstring
-    of examples/grpo_toy.py and the README)."""
+    of entmon/demo/toy.py and the README)."""
     return Control(
         loss_mode=method, clip_cov_ratio=TOY_CLIP_COV_RATIO, kl_cov_ratio=TOY_KL_COV_RATIO
     )
@@ -116,9 +116,9 @@ def run_one(job: tuple[str, int, int, dict[str, Any]]) -> dict[str, Any]:
     if SWITCH in method:  # "vanilla>kl_cov@100": the demo's dashboard switch, offline
         first, rest = method.split(SWITCH)
         to, at = rest.split("@")
-        switch = (int(at), replace(control_for(to), **knobs))
+        switch = (int(at), control_for(to).replace(**knobs))
         method = first
-    mon = OfflineMonitor(replace(control_for(method), **knobs), switch)
+    mon = OfflineMonitor(control_for(method).replace(**knobs), switch)
     t0 = time.perf_counter()
     records = train(cfg, mon)
     seconds = time.perf_counter() - t0

@@ -1,7 +1,7 @@
-"""Histograms on the fixed bucket layouts of `monitor.layouts`, counted on the device.
+"""Histograms on the fixed bucket layouts of `entmon.wire.layouts`, counted on the device.
 
 The layouts (edges, names, Prometheus `le` semantics, NaN counted apart as `nonfinite`) are
-defined once in `monitor.layouts`; this module only counts into them. Counts of one layout merge
+defined once in `entmon.wire.layouts`; this module only counts into them. Counts of one layout merge
 across micro-batches, ranks and steps by adding, so the client adds them on the device and the
 service adds them across ranks.
 
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, LAYOUTS, bucket_count
+from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, LAYOUTS, bucket_count
 
 _BIAS = 1e-3  # the logarithm estimate's downward bias, in buckets
 # cov-symlog-v1 from the bits of |x| read as an integer I: log2|x| ~ I / 2**23 - 127.

@@ -26,7 +26,7 @@ from client.batch import Batch, masked_batch
 from client.control import Control
 from client.covariance import Centred, Scope
 from client.selection import Selection, clip_cov_selection, kl_cov_selection
-from monitor.control_rules import (
+from entmon.wire.knobs import (
     DEFAULT_CLIP_COV_LB,
     DEFAULT_CLIP_COV_RATIO,
     DEFAULT_CLIP_COV_UB,

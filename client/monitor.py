@@ -32,14 +32,14 @@ from client.control_sync import ControlSync
 from client.handoff import FinishedStep
 from client.log_once import LogOnce
 from client.losses import DEFAULT_CLIP_RATIO_C, policy_token_losses, token_mean
-from client.report import DRIVER_RANK, build_report
+from client.report import build_report
 from client.reporter import Reporter, ReporterConfig
 from client.spool import Spool, default_spool_dir, spool_path
 from client.stats import StepAccumulator, WorkBuffers
+from entmon.wire.ids import DRIVER_RANK, RUN_ID_PATTERN
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_CLOSE_TIMEOUT_S = 5.0
-RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"  # the service's (monitor.schemas), checked by a test
 URL_ENV = "ENTMON_URL"
 TOKEN_ENV = "ENTMON_TOKEN"
 

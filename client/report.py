@@ -13,20 +13,12 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-# Statistic names the service's StepStats schema knows (tests/client/test_report.py keeps them
-# equal); any other scalar given to Monitor.log goes to the report's free-form `user` section.
-REPORT_STATS = (
-    "entropy", "logp_mean", "adv_mean", "adv_std", "cov_mean", "cov_std", "cov_max",
-    "cov_top_concentration", "tokens", "candidates", "detached", "penalised",
-    "abs_log_ratio_mean", "penalised_abs_log_ratio_mean", "ppo_clip_frac", "policy_loss",
-    "reward", "response_length", "client_drops",
-)  # fmt: skip
-INTEGER_STATS = frozenset({"tokens", "candidates", "detached", "penalised", "client_drops"})
-# The rank of a driver: a process that trains nothing and reports whole-step values (verl's
-# trainer). The service counts it in no rank and lays its statistics over the ranks' merge
-# (monitor.schemas.DRIVER_RANK; tests/test_contract.py keeps the two equal).
-DRIVER_RANK = -1
-_STAT_NAMES = frozenset(REPORT_STATS)
+from entmon.wire.numbers import to_wire, wire_numbers
+from entmon.wire.stats import INTEGER_STATS, STAT_NAMES
+
+# Scalars given to Monitor.log under a statistic name of the wire table are report statistics;
+# any other name goes to the report's free-form `user` section.
+_STAT_NAMES = frozenset(STAT_NAMES)
 _PLAIN = frozenset({float, int})  # nothing to detach
 
 
@@ -90,7 +82,7 @@ def finalize(
     out["user"] = _numbers(user, problems)
     for key in ("histograms", "top_tokens"):
         if key in out:
-            out[key] = _json_safe(out[key])
+            out[key] = wire_numbers(out[key])
     return out
 
 
@@ -129,22 +121,4 @@ def _number(value: Any, *, integer: bool) -> float | int | str:
     x = float(value)  # a 0-d tensor, numpy scalar or Python number
     if integer and math.isfinite(x):
         return int(x)
-    return _finite_or_string(x)
-
-
-def _finite_or_string(x: float) -> float | str:
-    if math.isnan(x):
-        return "NaN"  # strict JSON has no NaN; the service parses these strings back
-    if math.isinf(x):
-        return "Infinity" if x > 0 else "-Infinity"
-    return x
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return _finite_or_string(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
+    return to_wire(x)  # type: ignore[no-any-return]

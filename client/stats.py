@@ -24,7 +24,7 @@ How micro-batches combine into the step's statistics (all token-weighted):
   unit the reference's Clip-Cov / KL-Cov use;
 - cov_top_concentration is the mean covariance of the top 0.02% valid tokens of the step (at
   least one) divided by the step's mean covariance (the paper reports about 1800);
-- histograms add counts on the fixed layouts of `monitor.layouts`; NaN goes to `nonfinite`.
+- histograms add counts on the fixed layouts of `entmon.wire.layouts`; NaN goes to `nonfinite`.
 Non-finite inputs are never dropped: a NaN log-prob or entropy makes the means NaN and shows in
 the histograms' `nonfinite` counts.
 """
@@ -44,7 +44,8 @@ from client.histograms import bucket_counts_joint, bucket_counts_unmasked, histo
 from client.losses import LossStats
 from client.selection import static_budget
 from client.topk import top_k
-from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count, bucket_index
+from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count, bucket_index
+from entmon.wire.stats import pooled_std, weighted_mean
 
 TOP_FRACTION = 2e-4  # the paper's "top 0.02% of tokens"
 DEFAULT_TOP_TOKENS = 16
@@ -341,7 +342,7 @@ class PackedStep:
     def unpack(self, tokenizer: Tokenizer | None = None) -> dict[str, Any]:
         """The wire form: {"stats", "histograms", "top_tokens", "user"}.
 
-        Waits for the copy to the host. Stats use the names of `client.report.REPORT_STATS`;
+        Waits for the copy to the host. Stats use the names of `entmon.wire.stats.STATS`;
         "user" holds the effective selection ratio (budget over tokens), which has no wire stat.
         Statistics that are undefined for the step (no valid token, no entropy given, no loss)
         are left out rather than sent as zeros.
@@ -401,14 +402,10 @@ def _combine(
         return stats, {}
 
     def weighted(name: str, weight: str = "tokens") -> float:
-        total = sum(r[weight] for r in rows)
-        return sum(r[name] * r[weight] for r in rows if r[weight]) / total
+        return weighted_mean((r[name], r[weight]) for r in rows)
 
     def pooled(mean: str, m2: str) -> tuple[float, float]:
-        grand = weighted(mean)
-        within = sum(r[m2] for r in rows)
-        between = sum(r["tokens"] * (r[mean] - grand) ** 2 for r in rows if r["tokens"])
-        return grand, math.sqrt((within + between) / N) if within + between >= 0 else math.nan
+        return pooled_std((r[mean], r[m2] / r["tokens"], r["tokens"]) for r in rows if r["tokens"])
 
     stats["logp_mean"] = weighted("lp_mean")
     stats["adv_mean"], stats["adv_std"] = pooled("adv_mean", "adv_m2")

@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from entmon.wire.numbers import from_wire
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 TIMEOUT_S = 5.0
 MAX_POINTS = (
@@ -136,7 +138,7 @@ def get_analysis(client: httpx.Client, run: str) -> dict[str, Any] | None:
 
 def number(value: Any) -> float | None:
     """A statistic from the API as a float: None stays None, "NaN"/"Infinity" become floats."""
-    return None if value is None else float(value)
+    return None if value is None else float(from_wire(value))
 
 
 def series(steps: Sequence[Mapping[str, Any]], stat: str) -> tuple[list[int], list[float]]:

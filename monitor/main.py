@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from monitor.metrics import REPORTS_REJECTED
 from monitor.middleware import LimitsAndTiming
-from monitor.routers import analysis, control, health, metrics, reports, runs
+from monitor.routers import analysis, control, docs, health, metrics, reports, runs
 from monitor.settings import Settings
 from monitor.store import Store
 
@@ -28,7 +28,7 @@ _NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": Fa
 
 
 def _publish_report_schemas(app: FastAPI) -> None:
-    """The ingest route decodes its body itself (msgspec, monitor/report_schema.py); put the
+    """The ingest route decodes its body itself (msgspec, monitor/report_codec.py); put the
     structs its schema refers to into the OpenAPI components."""
     build = app.openapi
 
@@ -85,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Live entropy monitoring and Clip-Cov / KL-Cov control for RL of language models",
         lifespan=lifespan,
         telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
+        docs_url=None,  # served from local assets by routers/docs.py
+        redoc_url=None,  # ReDoc has no packaged build to serve offline
     )
     app.add_middleware(LimitsAndTiming, max_body_bytes=settings.max_body_bytes)
     for router in (
@@ -96,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         analysis.router,
     ):
         app.include_router(router)
+    docs.mount(app)
     _publish_report_schemas(app)
 
     @app.exception_handler(RedisError)

@@ -1,8 +1,8 @@
 """Merging the reports of one step from several ranks (pure functions).
 
-Counts add, cov_max takes the max, standard deviations pool (within plus between ranks), every
-other statistic is a mean weighted by the rank's token count (equal weights when a rank did not
-send `tokens`). NaN propagates: a diverged rank makes the merged statistic NaN, never hidden.
+Each statistic merges by its rule in `entmon.wire.stats` (counts add, cov_max takes the max,
+standard deviations pool, every other statistic is a mean weighted by the rank's token count;
+equal weights when a rank did not send `tokens`). NaN propagates: never hidden.
 
 A driver's report (rank DRIVER_RANK: verl's trainer) carries whole-step values, not a rank's
 share, so it takes no part in the weighting: `with_driver` lays it over the ranks' merge.
@@ -14,10 +14,7 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from monitor.schemas import COUNT_STATS, MAX_STATS
-
-# std statistic -> the mean it is pooled around
-POOLED_STDS = {"cov_std": "cov_mean", "adv_std": "adv_mean"}
+from entmon.wire.stats import COUNT_STATS, MAX_STATS, POOLED_STDS, pooled_std, weighted_mean
 
 
 def merge_stats(ranks: Sequence[Mapping[str, float | int | None]]) -> dict[str, float | int | None]:
@@ -40,7 +37,7 @@ def merge_stats(ranks: Sequence[Mapping[str, float | int | None]]) -> dict[str, 
         elif name in POOLED_STDS:
             merged[name] = _pooled_std(ranks, weights, name, POOLED_STDS[name])
         else:
-            merged[name] = _weighted_mean(present)
+            merged[name] = weighted_mean(present)
     return merged
 
 
@@ -48,7 +45,7 @@ def merge_user(ranks: Sequence[Mapping[str, float]]) -> dict[str, float]:
     if len(ranks) == 1:
         return dict(ranks[0])
     names = {k for r in ranks for k in r}
-    return {k: _weighted_mean([(r[k], 1.0) for r in ranks if k in r]) for k in sorted(names)}
+    return {k: weighted_mean([(r[k], 1.0) for r in ranks if k in r]) for k in sorted(names)}
 
 
 def with_driver(
@@ -102,24 +99,16 @@ def _isnan(value: float | int | None) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
-def _weighted_mean(pairs: Sequence[tuple[Any, float]]) -> float:
-    total = sum(w for _, w in pairs)
-    return sum(float(v) * w for v, w in pairs) / total
-
-
 def _pooled_std(
     ranks: Sequence[Mapping[str, float | int | None]], weights: Sequence[float], std: str, mean: str
 ) -> float | None:
-    rows = [
-        (float(r[std]), float(r[mean]), w)  # type: ignore[arg-type]
+    parts = [
+        (float(r[mean]), float(r[std]) ** 2, w)  # type: ignore[arg-type]
         for r, w in zip(ranks, weights, strict=True)
         if r.get(std) is not None and r.get(mean) is not None
     ]
-    if not rows:  # a std without its mean cannot be pooled; fall back to the weighted mean
-        return _weighted_mean(
+    if not parts:  # a std without its mean cannot be pooled; fall back to the weighted mean
+        return weighted_mean(
             [(r[std], w) for r, w in zip(ranks, weights, strict=True) if r.get(std) is not None]
         )
-    total = sum(w for *_, w in rows)
-    grand = sum(m * w for _, m, w in rows) / total
-    var = sum(w * (s * s + (m - grand) ** 2) for s, m, w in rows) / total
-    return math.sqrt(var)  # NaN stays NaN
+    return pooled_std(parts)[1]

@@ -20,9 +20,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from entmon.wire.knobs import KNOBS, NUMERIC_KNOBS
+from entmon.wire.layouts import upper_bound_labels
 from monitor.analysis import FLAGS, STATES, Analysis
-from monitor.layouts import upper_bound_labels
-from monitor.schemas import Control, StepPoint
+from monitor.api_models import Control, StepPoint
 
 PREFIX = "entmon"
 # Request latency buckets for a JSON API answering from a local Redis: 0.5 ms .. 2.5 s.
@@ -77,10 +78,6 @@ RUN_COUNTERS = (
     ("tokens_penalised", "penalised", "Tokens penalised by KL-Cov"),
     ("client_dropped_reports", "client_drops", "Reports the clients dropped before sending"),
 )
-CONTROL_KNOBS = (
-    "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub", "kl_cov_ratio", "ppo_kl_coef",
-    "clip_ratio_low", "clip_ratio_high",
-)  # fmt: skip
 # (metric name, histogram name, the mean statistic that gives its sum, help)
 HISTOGRAMS = (
     ("token_entropy", "entropy", "entropy", "Token entropy distribution of the latest step, nats"),
@@ -160,11 +157,16 @@ def run_families(snapshots: Iterable[RunSnapshot]) -> list[Metric]:
             c.add_metric([s.run], float(s.meta.get(field, 0)))
         families.append(c)
 
-    mode = GaugeMetricFamily(
-        f"{PREFIX}_control_loss_mode",
-        "1 for the run's current loss mode",
-        labels=["run", "loss_mode"],
-    )
+    # A knob with choices (loss_mode) is a gauge of its own, 1 for the current choice.
+    choices = {
+        k.name: GaugeMetricFamily(
+            f"{PREFIX}_control_{k.name}",
+            f"1 for the run's current {k.name}",
+            labels=["run", k.name],
+        )
+        for k in KNOBS
+        if not k.numeric
+    }
     version = GaugeMetricFamily(
         f"{PREFIX}_control_version", "Current control version", labels=["run"]
     )
@@ -177,13 +179,14 @@ def run_families(snapshots: Iterable[RunSnapshot]) -> list[Metric]:
         f"{PREFIX}_control_knob", "Current value of each control knob", labels=["run", "knob"]
     )
     for s in snaps:
-        mode.add_metric([s.run, s.control.loss_mode], 1)
+        for name, gauge in choices.items():
+            gauge.add_metric([s.run, getattr(s.control, name)], 1)
         version.add_metric([s.run], s.control.version)
         if s.latest is not None and s.latest.control_version is not None:
             applied.add_metric([s.run], s.latest.control_version)
-        for knob in CONTROL_KNOBS:
-            knobs.add_metric([s.run, knob], getattr(s.control, knob))
-    families += [mode, version, applied, knobs]
+        for knob in NUMERIC_KNOBS:
+            knobs.add_metric([s.run, knob.name], getattr(s.control, knob.name))
+    families += [*choices.values(), version, applied, knobs]
 
     for name, hist, mean_stat, help_ in HISTOGRAMS:
         gh = GaugeHistogramMetricFamily(f"{PREFIX}_{name}", help_, labels=["run"])

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from playwright.sync_api import Page, sync_playwright
 
 from monitor.embedded_redis import EmbeddedRedis, free_port
 
@@ -68,7 +69,7 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
-        command = [sys.executable, "-m", "monitor.cli", "serve", "--port", str(self.port)]
+        command = [sys.executable, "-m", "entmon.cli", "serve", "--port", str(self.port)]
         command += self.args
         self.process = subprocess.Popen(
             command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -96,3 +97,24 @@ def server(redis_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
     proc = ServerProcess({"ENTMON_REDIS_URL": redis_url, "ENTMON_DATA_DIR": str(tmp_path)}).start()
     yield proc
     proc.stop()
+
+
+CHROMIUM = "/usr/bin/chromium"
+# The flags that keep chromium quiet on a machine without network or display.
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"{CHROMIUM} missing: apt-get install chromium (make test does)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        yield page
+        browser.close()

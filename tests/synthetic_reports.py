@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count, bucket_index
+from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count, bucket_index
 
 START_ENTROPY = 1.2  # nats
 LAW_A, LAW_B = 0.3, 1.0  # ceiling 0.7

@@ -7,17 +7,18 @@ import math
 
 import torch
 
-from client.report import DRIVER_RANK, REPORT_STATS, build_report, finalize
-from monitor.report_schema import STAT_NAMES, decode_reports
-from monitor.schemas import DRIVER_RANK as SERVICE_DRIVER_RANK
+from client.report import build_report, finalize
+from entmon.wire.ids import DRIVER_RANK
+from entmon.wire.stats import STAT_NAMES
+from monitor.report_codec import StepStats, decode_reports
 
 
-def test_client_stat_names_are_the_schema_fields() -> None:
-    assert set(REPORT_STATS) == set(STAT_NAMES)
+def test_the_services_report_schema_has_one_field_per_statistic_of_the_wire_table() -> None:
+    assert StepStats.__struct_fields__ == STAT_NAMES
 
 
 def test_a_client_report_validates_against_the_server_schema() -> None:
-    scalars = {name: 1.0 for name in REPORT_STATS} | {"lr": 3e-6, "grad_norm": torch.tensor(0.5)}
+    scalars = {name: 1.0 for name in STAT_NAMES} | {"lr": 3e-6, "grad_norm": torch.tensor(0.5)}
     scalars["entropy"] = torch.tensor(float("nan"))  # diverged: must travel, not crash
     scalars["reward"] = float("-inf")
     wire = json.dumps(finalize(build_report(7, 1, 2, 3, scalars)), allow_nan=False)
@@ -31,7 +32,6 @@ def test_a_client_report_validates_against_the_server_schema() -> None:
 
 
 def test_a_drivers_report_validates_with_the_services_driver_rank() -> None:
-    assert DRIVER_RANK == SERVICE_DRIVER_RANK
     wire = json.dumps(finalize(build_report(3, DRIVER_RANK, 1, None, {"entropy": 0.5})))
     (report,) = decode_reports(wire.encode())
     assert (report.rank, report.control_version, report.stats.entropy) == (DRIVER_RANK, None, 0.5)

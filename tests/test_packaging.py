@@ -8,14 +8,14 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["monitor.main", "monitor.cli", "dashboard.api"])
+@pytest.mark.parametrize("module", ["monitor.main", "entmon.cli", "dashboard.api"])
 def test_server_and_dashboard_do_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "monitor.cli", *args]
+    command = [sys.executable, "-m", "entmon.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
 
 

@@ -58,8 +58,8 @@ from client.integrations.verl_env import (
 )
 from client.log_once import LogOnce
 from client.monitor import TOKEN_ENV, URL_ENV, Monitor
-from client.report import DRIVER_RANK
 from client.spool import SPOOL_DIR_ENV
+from entmon.wire.ids import DRIVER_RANK
 
 try:
     import verl

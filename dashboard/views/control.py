@@ -8,18 +8,15 @@ from typing import Any
 import streamlit as st
 
 from dashboard import api, session
-from monitor.control_rules import LOSS_MODES, MAX_CLIP_RATIO
+from entmon.wire.knobs import KNOBS, NUMERIC_KNOBS, Knob
 
-# knob -> (label, min, max, step, format); ranges mirror monitor/control_rules.py
-NUMERIC_KNOBS: dict[str, tuple[str, float, float | None, float, str]] = {
-    "clip_cov_ratio": ("Clip-Cov ratio (fraction of tokens detached)", 0.0, 1.0, 1e-4, "%.6f"),
-    "clip_cov_lb": ("Clip-Cov lower covariance bound", -1e6, None, 0.5, "%.3f"),
-    "clip_cov_ub": ("Clip-Cov upper covariance bound", -1e6, None, 0.5, "%.3f"),
-    "kl_cov_ratio": ("KL-Cov ratio k (fraction of tokens penalised)", 0.0, 1.0, 1e-3, "%.6f"),
-    "ppo_kl_coef": ("KL-Cov beta (ppo_kl_coef)", 0.0, None, 0.1, "%.4f"),
-    "clip_ratio_low": ("PPO clip eps_low", 1e-6, MAX_CLIP_RATIO, 0.05, "%.4f"),
-    "clip_ratio_high": ("PPO clip eps_high", 1e-6, MAX_CLIP_RATIO, 0.05, "%.4f"),
-}
+OPEN_BOUND_MARGIN = 1e-6  # the least a knob with an open lower bound (clip ratios > 0) may take
+
+
+def _min_value(knob: Knob) -> float | None:
+    if knob.lo is None:
+        return None
+    return knob.lo + OPEN_BOUND_MARGIN if knob.lo_open else knob.lo
 
 
 def describe_change(entry: dict[str, Any]) -> str:
@@ -52,15 +49,15 @@ def knob_form(run: str, control: dict[str, Any]) -> tuple[dict[str, Any], str] |
     """The form; returns (knobs, reason) when the user pressed Apply."""
     with st.form(f"control-{run}-v{control['version']}"):  # a reload starts a fresh form
         knobs: dict[str, Any] = {
-            "loss_mode": st.selectbox(
-                "Loss mode", LOSS_MODES, index=LOSS_MODES.index(control["loss_mode"])
-            )
+            k.name: st.selectbox(k.label, k.choices, index=k.choices.index(control[k.name]))
+            for k in KNOBS
+            if not k.numeric
         }
         cols = st.columns(2)
-        for i, (knob, (label, lo, hi, step, fmt)) in enumerate(NUMERIC_KNOBS.items()):
-            knobs[knob] = cols[i % 2].number_input(
-                label, min_value=lo, max_value=hi, value=float(control[knob]), step=step,
-                format=fmt, key=f"{run}-{control['version']}-{knob}",
+        for i, k in enumerate(NUMERIC_KNOBS):
+            knobs[k.name] = cols[i % 2].number_input(
+                k.label, min_value=_min_value(k), max_value=k.hi, value=float(control[k.name]),
+                step=k.step, format=k.fmt, help=k.help, key=f"{run}-{control['version']}-{k.name}",
             )  # fmt: skip
         reason = st.text_input("Reason (kept in the audit log)", key=f"{run}-reason")
         if st.form_submit_button("Apply", type="primary"):
@@ -78,6 +75,9 @@ def render() -> None:
         loaded[run] = api.get_control(http, run)
     control = loaded[run]
     st.caption(f"Editing control version {control['version']} of {run}.")
+    applied = st.session_state.pop("control_applied", None)
+    if applied is not None:
+        st.success(applied)
 
     submitted = knob_form(run, control)
     if submitted is not None:
@@ -92,7 +92,12 @@ def render() -> None:
             if result.applied:
                 loaded[run] = result.control
                 conflicts.pop(run, None)
-                st.success(f"Applied: control version {result.control['version']}.")
+                # Rerun now, so the form is rebuilt for the new version before the user types
+                # again: an Apply on the old version's form would be lost in the rebuild.
+                st.session_state.control_applied = (
+                    f"Applied: control version {result.control['version']}."
+                )
+                st.rerun()
             else:
                 conflicts[run] = result
 

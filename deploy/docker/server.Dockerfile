@@ -5,6 +5,7 @@ COPY pyproject.toml README.md ./
 COPY client ./client
 COPY monitor ./monitor
 COPY dashboard ./dashboard
+COPY entmon ./entmon
 RUN pip install --no-cache-dir ".[server]" && useradd --uid 10001 --create-home entmon
 USER entmon
 ENV ENTMON_DATA_DIR=/home/entmon/data

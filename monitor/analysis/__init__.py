@@ -30,7 +30,7 @@ from monitor.analysis.law import (
     track_record,
 )
 from monitor.analysis.theory import TheoryCheck, theory_check
-from monitor.schemas import Control, StepPoint
+from monitor.api_models import Control, StepPoint
 
 __all__ = [
     "FLAGS",

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from monitor.analysis.fitting import MIN_POINTS, Result, finite, fit_line
-from monitor.schemas import StepPoint
+from monitor.api_models import StepPoint
 
 START_STEPS = 5
 """Entropy "at start" is the median of the first START_STEPS steps that carry a finite entropy.

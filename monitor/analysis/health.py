@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 
 from monitor.analysis.fitting import Result, finite
-from monitor.schemas import Control, StepPoint
+from monitor.api_models import Control, StepPoint
 
 DEFAULT_HEALTH_STEPS = 10
 """A flag needs its condition on each of the last 10 steps under the current control: one odd

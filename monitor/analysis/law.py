@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from monitor.analysis.fitting import CONFIDENCE, MIN_POINTS, Line, Result, finite, fit_line
-from monitor.schemas import StepPoint
+from monitor.api_models import StepPoint
 
 DEFAULT_FIT_STEPS = 36  # the paper fits on the first 36 steps and predicts the next 200
 DEFAULT_SMOOTH = 1  # reward block size; 1 fits every step as reported

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from monitor.analysis.fitting import MIN_POINTS, Result, finite, pearson
-from monitor.schemas import StepPoint
+from monitor.api_models import StepPoint
 
 
 class TheoryCheck(Result):

@@ -6,7 +6,7 @@ from typing import Any, NoReturn
 
 from fastapi import HTTPException
 
-from monitor.schemas import ErrorDetail
+from monitor.api_models import ErrorDetail
 
 # Documented on every /v1 route: what auth and a Redis outage can answer.
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -19,7 +19,17 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 }
 
 
+MAX_POINTS_LIMIT = 100_000  # the most points a series query may ask for
+
+
 def invalid(where: str, name: str, message: str) -> NoReturn:
     """A 422 shaped like FastAPI's own validation errors, naming the offending field."""
-    detail = [{"loc": [where, name], "msg": f"{name}: {message}", "type": "value_error"}]
+    invalid_fields(where, [f"{name}: {message}"])
+
+
+def invalid_fields(where: str, errors: list[str]) -> NoReturn:
+    """A 422 for several fields at once; each error reads "field: what is wrong"."""
+    detail = [
+        {"loc": [where, e.partition(":")[0]], "msg": e, "type": "value_error"} for e in errors
+    ]
     raise HTTPException(422, detail)

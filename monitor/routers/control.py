@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, Response
 from fastapi.responses import JSONResponse
 
-from monitor.control_rules import control_errors
-from monitor.deps import Admin, Reader, RunPath, StoreDep
-from monitor.routers import COMMON_RESPONSES, invalid
-from monitor.schemas import AuditEntry, AuditResponse, Control, ControlUpdate, StaleControl
+from entmon.wire.knobs import control_errors
+from monitor.api_models import AuditEntry, AuditResponse, Control, ControlUpdate, StaleControl
+from monitor.deps import Admin, Ingest, RunPath, StoreDep
+from monitor.routers import COMMON_RESPONSES, invalid, invalid_fields
 from monitor.store import Store
 
 router = APIRouter(prefix="/v1/runs", tags=["control"], responses=COMMON_RESPONSES)
@@ -30,7 +30,7 @@ def parse_if_match(value: str) -> int:
 
 
 @router.get("/{run}/control")
-async def get_control(run: RunPath, store: StoreDep, _: Reader, response: Response) -> Control:
+async def get_control(run: RunPath, store: StoreDep, _: Ingest, response: Response) -> Control:
     """The run's live control; its ETag is the version to send back as If-Match."""
     control = await store.control(run)
     response.headers["ETag"] = etag(control)
@@ -61,14 +61,11 @@ async def put_control(
     current = await store.control(run)
     if current.version != expected:
         return await _stale(store, run, current)
-    knobs = current.model_dump(exclude={"version"}) | update.knobs()
+    knobs = current.knobs() | update.knobs()
     errors = control_errors(knobs)
     if errors:
-        detail = [
-            {"loc": ["body", e.split(":")[0]], "msg": e, "type": "value_error"} for e in errors
-        ]
-        raise HTTPException(422, detail)
-    new = Control(**knobs, version=expected + 1)
+        invalid_fields("body", errors)
+    new = Control.model_construct(**knobs, version=expected + 1)  # validated just above
     entry = AuditEntry(
         version=new.version,
         who=who.who,
@@ -100,7 +97,7 @@ async def _stale(store: Store, run: str, current: Control) -> JSONResponse:
 async def get_audit(
     run: RunPath,
     store: StoreDep,
-    _: Reader,
+    _: Ingest,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
 ) -> AuditResponse:
     return AuditResponse(run=run, entries=await store.audit(run, limit))

@@ -6,7 +6,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from monitor.analysis import AnalysisParams
 from monitor.deps import SettingsDep, StoreDep
 from monitor.metrics import RunSnapshot, exposition
-from monitor.routers.analysis import run_analysis
+from monitor.run_analysis import run_analysis
 from monitor.store import Store
 
 router = APIRouter(tags=["metrics"])

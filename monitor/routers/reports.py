@@ -5,18 +5,18 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 
+from monitor.api_models import IngestResponse
 from monitor.auth import Role, authenticate
 from monitor.deps import RunPath
 from monitor.metrics import REPORTS_INGESTED
-from monitor.report_schema import ReportError, body_json_schema, decode_reports
+from monitor.report_codec import ReportError, body_json_schema, decode_reports
 from monitor.routers import COMMON_RESPONSES
-from monitor.schemas import IngestResponse
 from monitor.settings import Settings
 from monitor.store import Store
 
 router = APIRouter(prefix="/v1/runs", tags=["reports"], responses=COMMON_RESPONSES)
 
-# The body is decoded and validated in one pass by msgspec (monitor/report_schema.py); its schema
+# The body is decoded and validated in one pass by msgspec (monitor/report_codec.py); its schema
 # is published by hand (main.py adds REPORT_BODY_DEFS to the OpenAPI components).
 _schema, REPORT_BODY_DEFS = body_json_schema("#/components/schemas/{name}")
 REPORT_BODY_OPENAPI: dict[str, Any] = {

@@ -3,13 +3,11 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 
-from monitor.deps import Admin, Reader, RunPath, StoreDep
-from monitor.layouts import HISTOGRAM_LAYOUTS, LAYOUTS
-from monitor.report_schema import STAT_NAMES
-from monitor.routers import COMMON_RESPONSES, NOT_FOUND
-from monitor.schemas import (
+from entmon.wire.layouts import HISTOGRAM_LAYOUTS, LAYOUTS
+from entmon.wire.stats import STAT_NAMES
+from monitor.api_models import (
     HistogramSeries,
     HistogramStep,
     RunsResponse,
@@ -17,10 +15,11 @@ from monitor.schemas import (
     StepsResponse,
     TopTokensResponse,
 )
+from monitor.deps import Admin, ExistingRun, Ingest, RunPath, StoreDep, run_not_found
+from monitor.routers import COMMON_RESPONSES, MAX_POINTS_LIMIT, NOT_FOUND
 from monitor.store import Store
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=COMMON_RESPONSES | NOT_FOUND)
-MAX_POINTS_LIMIT = 100_000
 _STAT = "|".join(STAT_NAMES)
 STATS_PATTERN = f"^({_STAT})(,({_STAT}))*$"  # in the schema, so clients see the valid names
 
@@ -28,7 +27,7 @@ STATS_PATTERN = f"^({_STAT})(,({_STAT}))*$"  # in the schema, so clients see the
 async def _summary(store: Store, run: str) -> RunSummary:
     meta = await store.meta(run)
     if not meta:
-        raise HTTPException(404, f"run {run!r} not found")
+        raise run_not_found(run)
     latest = await store.latest(run)
     return RunSummary(
         run=run,
@@ -42,13 +41,13 @@ async def _summary(store: Store, run: str) -> RunSummary:
 
 
 @router.get("")
-async def list_runs(store: StoreDep, _: Reader) -> RunsResponse:
+async def list_runs(store: StoreDep, _: Ingest) -> RunsResponse:
     """Every run, most recently active first, with its latest merged step."""
     return RunsResponse(runs=[await _summary(store, run) for run in await store.run_names()])
 
 
 @router.get("/{run}")
-async def get_run(run: RunPath, store: StoreDep, _: Reader) -> RunSummary:
+async def get_run(run: RunPath, store: StoreDep, _: Ingest) -> RunSummary:
     return await _summary(store, run)
 
 
@@ -56,7 +55,7 @@ async def get_run(run: RunPath, store: StoreDep, _: Reader) -> RunSummary:
 async def get_steps(
     run: RunPath,
     store: StoreDep,
-    _: Reader,
+    _: Ingest,
     start: Annotated[int | None, Query(ge=0, description="first step, inclusive")] = None,
     end: Annotated[int | None, Query(ge=0, description="last step, inclusive")] = None,
     every: Annotated[int | None, Query(ge=1, description="keep every n-th step")] = None,
@@ -77,16 +76,16 @@ async def get_steps(
     hi = math.inf if end is None else end
     wanted = None if stats is None else frozenset(stats.split(","))
     points = await store.steps(run, lo, hi, every=every or 1, max_points=max_points, stats=wanted)
-    if not points and not await store.meta(run):
-        raise HTTPException(404, f"run {run!r} not found")
+    if not points and not await store.meta(run):  # checked only then: the common case reads less
+        raise run_not_found(run)
     return StepsResponse(run=run, steps=points)
 
 
 @router.get("/{run}/histograms")
 async def get_histograms(
-    run: RunPath,
+    run: ExistingRun,
     store: StoreDep,
-    _: Reader,
+    _: Ingest,
     name: Annotated[Literal["entropy", "covariance"], Query(description="which histogram")],
     start: Annotated[int | None, Query(ge=0)] = None,
     end: Annotated[int | None, Query(ge=0)] = None,
@@ -94,12 +93,6 @@ async def get_histograms(
     max_points: Annotated[int | None, Query(ge=2, le=MAX_POINTS_LIMIT)] = None,
 ) -> HistogramSeries:
     """One histogram per step, counts added over ranks, on its fixed layout."""
-    if name not in HISTOGRAM_LAYOUTS:
-        raise HTTPException(
-            422, f"name: unknown histogram {name!r}; known: {sorted(HISTOGRAM_LAYOUTS)}"
-        )
-    if not await store.meta(run):
-        raise HTTPException(404, f"run {run!r} not found")
     lo = -math.inf if start is None else start
     hi = math.inf if end is None else end
     layout = HISTOGRAM_LAYOUTS[name]
@@ -117,16 +110,16 @@ async def get_histograms(
 
 @router.get("/{run}/top_tokens")
 async def get_top_tokens(
-    run: RunPath,
+    run: ExistingRun,
     store: StoreDep,
-    _: Reader,
+    _: Ingest,
     step: Annotated[int | None, Query(ge=0, description="default: the latest step")] = None,
 ) -> TopTokensResponse:
     """The highest-covariance tokens the ranks sent for one step."""
     if step is None:
         latest = await store.latest(run)
         if latest is None:
-            raise HTTPException(404, f"run {run!r} not found")
+            return TopTokensResponse(run=run, step=0, tokens=[])
         step = latest.step
     return TopTokensResponse(run=run, step=step, tokens=await store.top_tokens(run, step))
 
@@ -135,4 +128,4 @@ async def get_top_tokens(
 async def delete_run(run: RunPath, store: StoreDep, _: Admin) -> None:
     """Delete every key of the run (history, control, audit). Needs an admin token."""
     if not await store.delete_run(run):
-        raise HTTPException(404, f"run {run!r} not found")
+        raise run_not_found(run)

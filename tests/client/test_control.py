@@ -6,7 +6,7 @@ import pytest
 
 from client.control import Control
 from client.errors import ControlError, EntmonError
-from monitor.control_rules import DEFAULTS
+from entmon.wire.knobs import DEFAULTS
 
 
 def test_defaults_are_the_shared_rules_defaults() -> None:

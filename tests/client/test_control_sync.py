@@ -17,7 +17,7 @@ from client import Monitor
 from client.control import Control
 from client.control_sync import ControlSync, decode_control, encode_control
 from client.log_once import LogOnce
-from monitor.control_rules import DEFAULTS
+from entmon.wire.knobs import DEFAULTS
 from tests.client.conftest import FAST
 
 GOOD = {**DEFAULTS, "loss_mode": "kl_cov", "kl_cov_ratio": 0.01, "version": 3}

@@ -14,7 +14,7 @@ from client.histograms import (
     bucket_indices,
     histogram_wire,
 )
-from monitor.layouts import (
+from entmon.wire.layouts import (
     COVARIANCE_LAYOUT,
     ENTROPY_LAYOUT,
     LAYOUTS,

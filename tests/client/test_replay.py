@@ -12,7 +12,7 @@ import pytest
 from client.replay import replay_file
 from client.report import build_report, encode, finalize
 from client.spool import Spool, spool_path
-from monitor.cli import main
+from entmon.cli import main
 from tests.client.conftest import stored_steps, unused_url
 from tests.conftest import ServerProcess
 
@@ -26,7 +26,7 @@ def make_spool(directory: Path, run: str, steps: range, rank: int = 0) -> Path:
 
 
 def replay_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "monitor.cli", "replay", *args]
+    command = [sys.executable, "-m", "entmon.cli", "replay", *args]
     return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
 
 

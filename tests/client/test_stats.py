@@ -10,10 +10,10 @@ import torch
 from client.control import Control
 from client.histograms import bucket_counts, histogram_wire
 from client.losses import policy_loss
-from client.report import REPORT_STATS
 from client.stats import StepAccumulator, WorkBuffers
-from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT
-from monitor.report_schema import report_from_python
+from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT
+from entmon.wire.stats import STAT_NAMES
+from monitor.report_codec import report_from_python
 
 
 def make(seed: int, B: int = 8, T: int = 100) -> dict[str, torch.Tensor]:
@@ -92,7 +92,7 @@ def test_step_statistics_match_the_definitions(n_parts: int) -> None:
     want_ent = bucket_counts(ref["ent"].float(), ENTROPY_LAYOUT).tolist()
     assert out["histograms"]["covariance"] == histogram_wire(COVARIANCE_LAYOUT, want_cov)
     assert out["histograms"]["entropy"] == histogram_wire(ENTROPY_LAYOUT, want_ent)
-    assert set(stats) <= set(REPORT_STATS)
+    assert set(stats) <= set(STAT_NAMES)
 
 
 def test_top_tokens_are_the_highest_covariance_valid_tokens() -> None:

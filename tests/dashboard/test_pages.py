@@ -110,6 +110,20 @@ def test_control_change_round_trip(streamed: ServerProcess) -> None:
     assert audit[0]["reason"] == "test change"
 
 
+def test_three_applies_in_a_row_each_reach_the_server(streamed: ServerProcess) -> None:
+    """Each Apply must land: the form rebuilt after one Apply used to swallow the next."""
+    app = page("control")
+    app.query_params["run"] = "alpha"
+    app.run()
+    for version, ratio in ((1, 0.01), (2, 0.02), (3, 0.03)):
+        apply(app, kl_cov_ratio=ratio)
+        assert not app.exception
+        control = httpx.get(f"{streamed.url}/v1/runs/alpha/control").json()
+        assert (control["version"], control["kl_cov_ratio"]) == (version, ratio)
+        assert f"Applied: control version {version}" in app.success[0].value
+        assert f"Editing control version {version} of alpha" in app.caption[0].value
+
+
 def test_stale_control_shows_who_changed_what_and_reloads(streamed: ServerProcess) -> None:
     app = page("control")
     app.query_params["run"] = "alpha"

@@ -131,7 +131,7 @@ def test_server_image_has_no_torch() -> None:
     assert server_deps and not [d for d in server_deps if d.lower().startswith("torch")]
     blocked = (
         "import sys; sys.modules['torch'] = None; "  # any `import torch` now raises ImportError
-        "import monitor.main, monitor.cli; monitor.main.create_app(); print('ok')"
+        "import monitor.main, entmon.cli; monitor.main.create_app(); print('ok')"
     )
     done = subprocess.run(
         [sys.executable, "-c", blocked], capture_output=True, text=True, cwd=ROOT, timeout=60

@@ -48,10 +48,10 @@ def exposed_metric_names() -> set[str]:
     with every field filled, plus this process's service metrics."""
     from prometheus_client.core import Metric
 
+    from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
     from monitor.analysis import analyse
-    from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
+    from monitor.api_models import Control, StepPoint
     from monitor.metrics import SERVICE_REGISTRY, STEP_GAUGES, RunSnapshot, run_families
-    from monitor.schemas import Control, StepPoint
 
     # A run whose entropy decays and whose reward follows the law: every analysis gauge is set.
     points = [

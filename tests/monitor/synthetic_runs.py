@@ -6,7 +6,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 
-from monitor.schemas import StepPoint
+from monitor.api_models import StepPoint
 
 A, B = 0.35, 1.0  # the law R = -A exp(H) + B; ceiling B - A = 0.65
 H0, H_INF, TAU = 1.0, 0.1, 60.0  # entropy decays from H0 toward H_INF with time constant TAU

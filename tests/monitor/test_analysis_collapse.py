@@ -6,7 +6,7 @@ import random
 import pytest
 
 from monitor.analysis import STATES, collapse, start_entropy
-from monitor.schemas import StepPoint
+from monitor.api_models import StepPoint
 from tests.monitor.synthetic_runs import entropy_run, point
 
 _noise = random.Random(7)

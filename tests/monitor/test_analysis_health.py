@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from monitor.analysis import FLAGS, HealthFlag, health
-from monitor.schemas import Control, StepPoint
+from monitor.api_models import Control, StepPoint
 from tests.monitor.synthetic_runs import point
 
 N = 10  # health_steps

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from monitor.analysis import theory_check
-from monitor.schemas import StepPoint
+from monitor.api_models import StepPoint
 from tests.monitor.synthetic_runs import point
 
 ETA = 0.8

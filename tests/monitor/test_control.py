@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from monitor.control_rules import DEFAULTS
+from entmon.wire.knobs import DEFAULTS
 
 
 def test_get_control_defaults_with_etag(api: TestClient) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from monitor.schemas import DRIVER_RANK
+from entmon.wire.ids import DRIVER_RANK
 from monitor.store import DRIVER_LAG_STEPS
 from tests.monitor.test_metrics import samples
 

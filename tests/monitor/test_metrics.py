@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
+from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
 
 
 def samples(api: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

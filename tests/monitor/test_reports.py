@@ -5,7 +5,7 @@ import math
 
 from fastapi.testclient import TestClient
 
-from monitor.layouts import ENTROPY_LAYOUT, bucket_count
+from entmon.wire.layouts import ENTROPY_LAYOUT, bucket_count
 from monitor.main import create_app
 from monitor.settings import Settings
 

@@ -101,7 +101,7 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path, redis_url: str, workers: 
         port = taken.getsockname()[1]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENTMON_")}
         env |= {"ENTMON_REDIS_URL": redis_url, "ENTMON_DATA_DIR": str(tmp_path)}
-        command = [sys.executable, "-m", "monitor.cli", "serve", "--port", str(port)]
+        command = [sys.executable, "-m", "entmon.cli", "serve", "--port", str(port)]
         done = subprocess.run(
             [*command, "--workers", workers], env=env, capture_output=True, timeout=60
         )
@@ -112,6 +112,6 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path, redis_url: str, workers: 
 def test_workers_need_a_fixed_port(tmp_path: Path, redis_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENTMON_")}
     env |= {"ENTMON_REDIS_URL": redis_url, "ENTMON_DATA_DIR": str(tmp_path)}
-    command = [sys.executable, "-m", "monitor.cli", "serve", "--port", "0", "--workers", "2"]
+    command = [sys.executable, "-m", "entmon.cli", "serve", "--port", "0", "--workers", "2"]
     done = subprocess.run(command, env=env, capture_output=True, timeout=60)
     assert done.returncode == 1 and "needs a fixed --port" in done.stderr.decode()

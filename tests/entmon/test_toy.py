@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from client import Monitor
-from examples.grpo_toy import (
+from entmon.demo.toy import (
     DigitTokenizer,
     StepRecord,
     ToyConfig,

@@ -1,35 +1,30 @@
-"""`entmon demo`: the embedded stack (Redis + monitor + dashboard) and a real GRPO run in it.
-
-The run is examples/grpo_toy.py, a tiny transformer trained with GRPO on CPU, in this process,
-reporting through `client.Monitor` like any user's loop: its policy loss follows the run's LIVE
-control, so switching the run to Clip-Cov or KL-Cov in the dashboard changes the loss at the next
-step. The trainer is loaded from the repository checkout (the editable install `make demo`
-makes): examples/ is not an installed package.
-"""
+"""The demo's stack and run: start the monitor (embedded Redis) and the dashboard as child
+processes, then train the toy (entmon.demo.toy) in this process through `client.Monitor`, like
+any user's loop: its policy loss follows the run's LIVE control, so switching the run to Clip-Cov
+or KL-Cov in the dashboard changes the loss at the next step."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 
-from monitor.cli import dashboard_command
+from entmon.commands import dashboard_command, entmon_command
+from monitor.embedded_redis import free_port
 
 READY_TIMEOUT_S = 60.0
 DEMO_RUN = "demo"
-TOY_PATH = Path(__file__).resolve().parent.parent / "examples" / "grpo_toy.py"
 DEFAULT_PACE_S = 1.0  # with a browser: entropy has fallen by a quarter at about step 35
 HINT = """\
            Plain GRPO: entropy halves by about step 80 while the reward stalls near 0.43.
@@ -43,20 +38,16 @@ class DemoError(RuntimeError):
     """The demo cannot start; the message says what to do."""
 
 
-def load_toy(path: Path = TOY_PATH) -> ModuleType:
-    """examples/grpo_toy.py as a module, from the checkout this package was installed from."""
-    if not path.is_file():
+def load_toy() -> Any:
+    """entmon.demo.toy, which needs the client (torch): the error says how to install it."""
+    try:
+        from entmon.demo import toy
+    except ImportError as e:
         raise DemoError(
-            f"entmon demo runs the example trainer {path}, which is not there: run it from a "
-            'checkout of the repository installed with `pip install -e ".[all]"` (or `make demo`)'
-        )
-    spec = importlib.util.spec_from_file_location("entmon_demo_grpo_toy", path)
-    if spec is None or spec.loader is None:
-        raise DemoError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
+            f'the demo trains with the client, which is not installed: pip install "entmon[all]" '
+            f"(and torch for your machine first) ({e})"
+        ) from None
+    return toy
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes], name: str) -> None:
@@ -81,6 +72,37 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def _free_or_other(port: int, name: str) -> int:
+    """`port` if nothing listens on it, else a free one, said on the terminal."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            pass
+    other = free_port()
+    print(f"{name}: port {port} is busy (vLLM and TRL's vllm-serve use 8000): using {other}")
+    return other
+
+
+def _clear_progress_before_logs() -> None:
+    """On a terminal, a log line first clears the progress line (which ends in \r), rather
+    than being glued to its end."""
+    if not sys.stderr.isatty():
+        return
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_ClearLine(handler.formatter or logging.Formatter()))
+
+
+class _ClearLine(logging.Formatter):
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\r\x1b[K" + self.inner.format(record)  # carriage return, erase the line
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -142,13 +164,14 @@ def run_training(
             put_control(api, DEMO_RUN, f"demo --switch-at {switch_at}", loss_mode=switch_to)
 
     tokenizer = toy.DigitTokenizer()
+    began = time.monotonic()
     with Monitor(run=DEMO_RUN, url=api, tokenizer=tokenizer, spool_dir=spool_dir) as mon:
         records: list[Any] = toy.train(cfg, mon, on_step=on_step)
     print()
     if records:
         first, last = records[0], records[-1]
         print(
-            f"trained {len(records)} steps in {sum(r.seconds for r in records):.0f} s: entropy "
+            f"trained {len(records)} steps in {time.monotonic() - began:.0f} s: entropy "
             f"{first.entropy:.3f} -> {last.entropy:.3f} ({last.entropy / first.entropy:.0%} of "
             f"start), reward {first.reward:.3f} -> {last.reward:.3f}, loss {last.loss_mode}"
         )
@@ -166,17 +189,27 @@ def run_demo(
     switch_to: str = "kl_cov",
     pace: float | None = None,
 ) -> int:
+    port = _free_or_other(port, "monitor")
+    dashboard_port = dashboard_port if headless else _free_or_other(dashboard_port, "dashboard")
     api = f"http://127.0.0.1:{port}"
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the bar
-    data_dir = Path(tempfile.mkdtemp(prefix="entmon-demo-"))
+    _clear_progress_before_logs()
+    kept = os.environ.get("ENTMON_DATA_DIR")
+    data_dir = Path(kept) if kept else Path(tempfile.mkdtemp(prefix="entmon-demo-"))
+    print(
+        f"data:      {data_dir} (kept: ENTMON_DATA_DIR)"
+        if kept
+        else f"data:      {data_dir} (deleted at exit; set ENTMON_DATA_DIR to keep the run)"
+    )
     env = {**os.environ, "ENTMON_URL": api, "ENTMON_DATA_DIR": str(data_dir)}
     env.pop("ENTMON_REDIS_URL", None)  # the demo always uses the embedded Redis
     env.pop("ENTMON_INGEST_TOKENS", None)  # open access on loopback: the demo changes controls
     env.pop("ENTMON_ADMIN_TOKENS", None)
-    entmon = [sys.executable, "-m", "monitor.cli"]
     _stop_on_sigterm()
     processes = [
-        subprocess.Popen([*entmon, "serve", "--port", str(port), "--log-level", "warning"], env=env)
+        subprocess.Popen(
+            entmon_command("serve", "--port", str(port), "--log-level", "warning"), env=env
+        )
     ]
     try:
         load_toy()  # fail early, before anything waits on the stack
@@ -211,4 +244,5 @@ def run_demo(
         return 2
     finally:
         _stop(processes)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if not kept:
+            shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,5 +1,5 @@
 """What the API answers and the control it takes (pydantic v2). The step reports clients send
-are monitor/report_schema.py.
+are monitor/report_codec.py.
 
 Non-finite statistics (NaN entropy means the run diverged) are written back as the JSON strings
 "NaN", "Infinity", "-Infinity" so every response stays valid JSON.
@@ -7,93 +7,83 @@ Non-finite statistics (NaN entropy means the run diverged) are written back as t
 
 from __future__ import annotations
 
-import math
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    StringConstraints,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, create_model, model_validator
 
-from monitor.control_rules import (
-    DEFAULTS,
-    control_errors,
-)
-
-RUN_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
-RunId = Annotated[str, StringConstraints(pattern=RUN_ID_PATTERN)]
-# Statistics that add across ranks; every other statistic is a token-weighted mean except
-# cov_max (max). Kept here because the service's merge and the docs both follow it.
-COUNT_STATS = ("tokens", "candidates", "detached", "penalised", "client_drops")
-MAX_STATS = ("cov_max",)
-# The rank of a driver's report: a process that trains nothing and reports whole-step values
-# (verl's trainer: the rollout's entropy, reward, response length). It is no training rank: not
-# counted in a step's `ranks` nor listed among them, its statistics are the step's (merge.py).
-DRIVER_RANK = -1
-
-
-def json_number(value: float | int | None) -> float | int | str | None:
-    """Non-finite floats as the strings "NaN", "Infinity", "-Infinity" (strict JSON has none)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return value
-
+from entmon.wire.knobs import KNOBS, Knob, control_errors
+from entmon.wire.numbers import to_wire
 
 # A statistic in a response: any number, NaN and infinities included, always valid JSON.
-Stat = Annotated[float | int | None, PlainSerializer(json_number)]
+Stat = Annotated[float | int | None, PlainSerializer(to_wire)]
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
 
 
-class Control(_Wire):
-    """The live knobs of a run (verl names) and their version. Frozen: the store shares parsed
-    instances between requests."""
+class _ControlBase(_Wire):
+    """The live knobs of a run and their version; the knob fields come from the knob table.
+    Frozen: the store shares parsed instances between requests."""
 
     model_config = ConfigDict(frozen=True)
 
-    loss_mode: Literal["vanilla", "clip_cov", "kl_cov"] = DEFAULTS["loss_mode"]
-    clip_cov_ratio: float = DEFAULTS["clip_cov_ratio"]
-    clip_cov_lb: float = DEFAULTS["clip_cov_lb"]
-    clip_cov_ub: float = DEFAULTS["clip_cov_ub"]
-    kl_cov_ratio: float = DEFAULTS["kl_cov_ratio"]
-    ppo_kl_coef: float = DEFAULTS["ppo_kl_coef"]
-    clip_ratio_low: float = DEFAULTS["clip_ratio_low"]
-    clip_ratio_high: float = DEFAULTS["clip_ratio_high"]
     version: int = Field(0, ge=0)
 
+    if TYPE_CHECKING:  # knobs are read as attributes; their fields are made below
+
+        def __getattr__(self, name: str) -> Any: ...
+
     @model_validator(mode="after")
-    def _valid(self) -> Control:
-        errors = control_errors(self.model_dump(exclude={"version"}))
+    def _valid(self) -> _ControlBase:
+        errors = control_errors(self.knobs())
         if errors:
             raise ValueError("; ".join(errors))
         return self
 
+    def knobs(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"version"})
 
-class ErrorDetail(_Wire):
-    detail: str
 
-
-class ControlUpdate(_Wire):
+class _ControlUpdateBase(_Wire):
     """A change of some knobs (the others keep their value) and why."""
 
-    loss_mode: Literal["vanilla", "clip_cov", "kl_cov"] | None = None
-    clip_cov_ratio: float | None = None
-    clip_cov_lb: float | None = None
-    clip_cov_ub: float | None = None
-    kl_cov_ratio: float | None = None
-    ppo_kl_coef: float | None = None
-    clip_ratio_low: float | None = None
-    clip_ratio_high: float | None = None
     reason: str = Field("", max_length=1000, description="why, for the audit log")
 
     def knobs(self) -> dict[str, Any]:
         return self.model_dump(exclude={"reason"}, exclude_none=True)
+
+
+def _knob_type(knob: Knob) -> Any:
+    return Literal[knob.choices] if knob.choices else float
+
+
+def _knob_doc(knob: Knob) -> str:
+    valid = f" One of {', '.join(knob.choices)}." if knob.choices else f" In {knob.interval()}."
+    modes = f" Used by {', '.join(knob.modes)}." if knob.modes else ""
+    return f"{knob.label}: {knob.help}.{valid}{modes}"
+
+
+if TYPE_CHECKING:
+    Control = _ControlBase
+    ControlUpdate = _ControlUpdateBase
+else:
+    Control = create_model(
+        "Control",
+        __base__=_ControlBase,
+        __doc__=_ControlBase.__doc__,
+        **{k.name: (_knob_type(k), Field(k.default, description=_knob_doc(k))) for k in KNOBS},
+    )
+    ControlUpdate = create_model(
+        "ControlUpdate",
+        __base__=_ControlUpdateBase,
+        __doc__=_ControlUpdateBase.__doc__,
+        **{k.name: (_knob_type(k) | None, Field(None, description=_knob_doc(k))) for k in KNOBS},
+    )
+
+
+class ErrorDetail(_Wire):
+    detail: str
 
 
 class AuditEntry(_Wire):
@@ -180,7 +170,7 @@ class HistogramSeries(_Wire):
 
 
 class RankedTopToken(_Wire):
-    """A top-covariance token of the step as a rank reported it (report_schema.TopToken)."""
+    """A top-covariance token of the step as a rank reported it (report_codec.TopToken)."""
 
     cov: float
     logp: float

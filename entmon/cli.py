@@ -11,6 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from entmon.commands import dashboard_command
+from entmon.wire.knobs import LOSS_MODES
+
 DEFAULT_PORT = 8000
 DEFAULT_DASHBOARD_PORT = 8501
 
@@ -51,7 +54,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return serve_workers(args.host, args.port, args.workers, args.log_level)
         run(bind(args.host, args.port, reuse_port=False), args.log_level)
     except (OSError, ValueError) as e:  # the port is taken, the host unknown, ...
-        print(f"entmon serve: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        print(
+            f"entmon serve: cannot listen on {args.host}:{args.port}: {e} "
+            "(another port: --port P; vLLM and TRL's vllm-serve also default to 8000)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         pass
@@ -61,18 +68,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def dashboard_command(port: int) -> list[str]:
-    app = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
-    return [
-        sys.executable, "-m", "streamlit", "run", str(app),
-        "--server.port", str(port),
-        "--server.address", "127.0.0.1",
-        "--server.headless", "true",
-        "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "viewer",
-    ]  # fmt: skip
-
-
 def cmd_dashboard(args: argparse.Namespace) -> int:
     os.environ.setdefault("ENTMON_URL", f"http://127.0.0.1:{DEFAULT_PORT}")
     command = dashboard_command(args.port)
@@ -80,7 +75,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from monitor.demo import run_demo
+    from entmon.demo.stack import run_demo
 
     return run_demo(
         steps=args.steps,
@@ -129,14 +124,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="entmon", description=__doc__)
+    defaults = argparse.ArgumentDefaultsHelpFormatter  # --help shows each default
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser(
-        "serve", help="run the monitor API (embedded Redis unless ENTMON_REDIS_URL)"
+        "serve",
+        formatter_class=defaults,
+        help="run the monitor API (embedded Redis unless ENTMON_REDIS_URL)",
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to listen on")
+    serve.add_argument("--log-level", default="info", help="uvicorn's log level")
     serve.add_argument(
         "--workers",
         type=int,
@@ -146,28 +144,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    dash = sub.add_parser("dashboard", help="run the Streamlit dashboard (API at ENTMON_URL)")
-    dash.add_argument("--port", type=int, default=DEFAULT_DASHBOARD_PORT)
+    dash = sub.add_parser(
+        "dashboard",
+        formatter_class=defaults,
+        help="run the Streamlit dashboard (API at ENTMON_URL)",
+    )
+    dash.add_argument("--port", type=int, default=DEFAULT_DASHBOARD_PORT, help="port to serve on")
     dash.set_defaults(func=cmd_dashboard)
 
-    demo = sub.add_parser("demo", help="embedded Redis + monitor + dashboard + a live run")
+    demo = sub.add_parser(
+        "demo", formatter_class=defaults, help="embedded Redis + monitor + dashboard + a live run"
+    )
     demo.add_argument("--headless", action="store_true", help="no browser; exit 0 when done")
     demo.add_argument("--steps", type=int, default=300, help="GRPO steps of the toy run")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the toy task and model")
     demo.add_argument(
         "--switch-at", type=int, default=None, metavar="STEP",
         help="after this step, change the run's loss mode through the API (as the dashboard does)",
     )  # fmt: skip
-    demo.add_argument("--switch-to", choices=("vanilla", "clip_cov", "kl_cov"), default="kl_cov")
+    demo.add_argument(
+        "--switch-to", choices=LOSS_MODES, default="kl_cov", help="the loss mode of --switch-at"
+    )
     demo.add_argument(
         "--pace", type=float, default=None, metavar="SECONDS",
-        help="least time per step, to follow the run (default 1 with the dashboard, 0 headless)",
+        help="least time per step, to follow the run (unset: 1 with the dashboard, 0 headless)",
     )  # fmt: skip
-    demo.add_argument("--port", type=int, default=DEFAULT_PORT)
-    demo.add_argument("--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT)
+    demo.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="monitor port (a free one if it is busy)"
+    )
+    demo.add_argument(
+        "--dashboard-port", type=int, default=DEFAULT_DASHBOARD_PORT,
+        help="dashboard port (a free one if it is busy)",
+    )  # fmt: skip
     demo.set_defaults(func=cmd_demo)
 
-    replay = sub.add_parser("replay", help="upload a client spool file (deleted once stored)")
+    replay = sub.add_parser(
+        "replay", formatter_class=defaults, help="upload a client spool file (deleted once stored)"
+    )
     replay.add_argument("file", type=Path)
     replay.add_argument("--url", help="monitor URL (default: $ENTMON_URL or 127.0.0.1:8000)")
     replay.add_argument("--token", help="ingest token (default: $ENTMON_TOKEN)")

@@ -2,7 +2,7 @@
 
 The ingest path validates every report, so this schema is decoded by msgspec rather than pydantic:
 about four times faster on a realistic report (bench/README.md, bench_ingest.py). Everything the
-API answers stays pydantic (monitor/schemas.py).
+API answers stays pydantic (monitor/api_models.py).
 
 Numbers are JSON numbers; a non-finite statistic travels as one of the strings "NaN", "Infinity",
 "-Infinity" (strict JSON has no NaN) and is stored as that string, never dropped: it means the run
@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
 
-from monitor.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
-from monitor.schemas import DRIVER_RANK, json_number
+from entmon.wire.ids import DRIVER_RANK
+from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
+from entmon.wire.numbers import wire_numbers
+from entmon.wire.stats import STAT_NAMES, STATS, Stat
 
 MAX_TOP_TOKENS = 64
 MAX_USER_SCALARS = 128
@@ -48,36 +50,25 @@ class _Wire(Struct, forbid_unknown_fields=True, omit_defaults=True):
     pass
 
 
-class StepStats(_Wire):
-    """Scalars of one step on one rank; every field optional (send what you computed)."""
-
-    entropy: Annotated[Number, _doc("mean token entropy over response tokens, nats")] | None = None
-    logp_mean: Annotated[Number, _doc("mean log-prob of response tokens")] | None = None
-    adv_mean: Number | None = None
-    adv_std: Number | None = None
-    cov_mean: Annotated[Number, _doc("mean per-token Cov(logp, A)")] | None = None
-    cov_std: Number | None = None
-    cov_max: Number | None = None
-    cov_top_concentration: (
-        Annotated[Number, _doc("mean covariance of the top 0.02% tokens over the overall mean")]
-        | None
-    ) = None
-    tokens: Annotated[Count, _doc("valid (response-mask) tokens")] | None = None
-    candidates: Annotated[Count, _doc("Clip-Cov candidates inside (lb, ub)")] | None = None
-    detached: Annotated[Count, _doc("tokens detached by Clip-Cov")] | None = None
-    penalised: Annotated[Count, _doc("tokens penalised by KL-Cov")] | None = None
-    abs_log_ratio_mean: Annotated[Number, _doc("mean |logp - old_logp|, all tokens")] | None = None
-    penalised_abs_log_ratio_mean: (
-        Annotated[Number, _doc("mean |logp - old_logp| over KL-Cov penalised tokens")] | None
-    ) = None
-    ppo_clip_frac: Number | None = None
-    policy_loss: Number | None = None
-    reward: Annotated[Number, _doc("mean reward or accuracy: the R of the law")] | None = None
-    response_length: Number | None = None
-    client_drops: Annotated[Count, _doc("reports the client had to drop")] | None = None
+def _stat_type(stat: Stat) -> Any:
+    kind = Count if stat.integer else Number
+    return (Annotated[kind, _doc(stat.help)] if stat.help else kind) | None
 
 
-STAT_NAMES: tuple[str, ...] = StepStats.__struct_fields__
+# Scalars of one step on one rank, one optional field per statistic of the wire table (send
+# what you computed).
+if TYPE_CHECKING:
+
+    class StepStats(_Wire):
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+    StepStats = msgspec.defstruct(
+        "StepStats",
+        [(s.name, _stat_type(s), None) for s in STATS],
+        bases=(_Wire,),
+        module=__name__,
+    )
 
 
 class _Histogram(Struct, forbid_unknown_fields=True):  # stored with its layout and nonfinite
@@ -85,7 +76,7 @@ class _Histogram(Struct, forbid_unknown_fields=True):  # stored with its layout 
 
 
 class EntropyHistogram(_Histogram):
-    """Token entropy counts on layout entropy-v1 (monitor/layouts.py)."""
+    """Token entropy counts on layout entropy-v1 (entmon/wire/layouts.py)."""
 
     counts: Annotated[list[Count], Meta(min_length=ENTROPY_BUCKETS, max_length=ENTROPY_BUCKETS)]
     layout: Literal["entropy-v1"] = "entropy-v1"
@@ -93,7 +84,7 @@ class EntropyHistogram(_Histogram):
 
 
 class CovarianceHistogram(_Histogram):
-    """Per-token covariance counts on layout cov-symlog-v1 (monitor/layouts.py)."""
+    """Per-token covariance counts on layout cov-symlog-v1 (entmon/wire/layouts.py)."""
 
     counts: Annotated[
         list[Count], Meta(min_length=COVARIANCE_BUCKETS, max_length=COVARIANCE_BUCKETS)
@@ -239,17 +230,7 @@ def encode(doc: Any) -> bytes:
     raw = _ENCODER.encode(doc)
     if b"null" not in raw:
         return raw
-    return _ENCODER.encode(_wire_numbers(msgspec.to_builtins(doc)))
-
-
-def _wire_numbers(value: Any) -> Any:
-    if isinstance(value, float):
-        return json_number(value)
-    if isinstance(value, dict):
-        return {k: _wire_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_wire_numbers(v) for v in value]
-    return value
+    return _ENCODER.encode(wire_numbers(msgspec.to_builtins(doc)))
 
 
 def body_json_schema(ref_template: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_headless_demo_trains_for_real_and_follows_a_live_control_change(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTMON_")}
+    env["ENTMON_DATA_DIR"] = str(tmp_path / "data")
+    with socket.socket() as busy:  # something (vLLM, say) already listens on the port asked for
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "entmon.cli", "demo", "--headless", "--steps", "40",
+             "--switch-at", "10", "--switch-to", "kl_cov", "--port", str(port)],
+            env=env, capture_output=True, text=True, timeout=240, check=False,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert f"port {port} is busy" in out
+    assert list((tmp_path / "data").rglob("*.aof*")), "the run's data is kept where the user said"
+    assert "monitor:" in out and "step 40/40" in out
+    lines = out.replace("\r", "\n").splitlines()
+    progress = [line for line in lines if line.startswith("step ")]
+    entropies = [float(m[1]) for line in progress if (m := re.search(r"entropy (\S+)", line))]
+    assert len(entropies) == 40 and all(math.isfinite(h) and 0 < h < 2.31 for h in entropies)
+    modes = [m[1] for line in progress if (m := re.search(r"loss (\w+)", line))]
+    # the PUT after step 10 went through the server and the Monitor into the loss (30 steps of
+    # margin for it to arrive on a busy machine)
+    assert modes[:10] == ["vanilla"] * 10 and modes[-1] == "kl_cov"
+    assert "trained 40 steps" in out
+
+
+def test_the_demo_without_the_client_says_how_to_install_it() -> None:
+    """A wheel installed with only the `server` extra has no torch: the demo names the extra."""
+    blocked = (
+        "import sys; sys.modules['torch'] = None; "  # any `import torch` now raises ImportError
+        "from entmon.demo.stack import DemoError, load_toy\n"
+        "try:\n    load_toy()\nexcept DemoError as e:\n    print(e)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert 'pip install "entmon[all]"' in done.stdout
