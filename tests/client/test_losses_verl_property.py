@@ -21,7 +21,7 @@ verl plugin does (client/integrations/verl.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -191,7 +191,7 @@ def kl_cov_penalised(case: Case, *inputs: torch.Tensor) -> torch.Tensor:
     """The tokens verl's KL-Cov penalises, where a penalty shows (log-ratio not 0): there
     d loss / d old_log_prob moves by the penalty's sign(lp - old) when ppo_kl_coef changes."""
     *_, d_old, _ = verl_run(case, *inputs, case.control)
-    *_, d_old_off, _ = verl_run(case, *inputs, replace(case.control, ppo_kl_coef=0.0))
+    *_, d_old_off, _ = verl_run(case, *inputs, case.control.replace(ppo_kl_coef=0.0))
     lp, old = inputs[0], inputs[1]
     return valid(case) & (lp != old) & (d_old != d_old_off)
 
@@ -214,7 +214,7 @@ def test_loss_gradient_and_selection_equal_verls(case: Case) -> None:
         sel = _selection_of(case, *inputs)
         _, _, stats = ours_run(case, *inputs)
         if case.dtype in (torch.float32, torch.float64):
-            everything = replace(case.control, clip_cov_ratio=1.0)
+            everything = case.control.replace(clip_cov_ratio=1.0)
             *_, v_dadv, _, _ = verl_run(case, *values32, everything)
             assert torch.equal(sel.candidates, ok & (v_dadv == 0))
         torch.manual_seed(7)
