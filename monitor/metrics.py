@@ -210,7 +210,14 @@ def analysis_families(snaps: Iterable[RunSnapshot]) -> list[Metric]:
     sample of the run's steps."""
     ceiling = GaugeMetricFamily(
         f"{PREFIX}_predicted_reward_ceiling",
-        "Reward the entropy-performance law R = -a exp(H) + b predicts at entropy 0: b - a",
+        "Reward the entropy-performance law R = -a exp(H) + b predicts at entropy 0: b - a; "
+        "absent while the law does not hold (entmon_law_holds 0)",
+        labels=["run"],
+    )
+    holds = GaugeMetricFamily(
+        f"{PREFIX}_law_holds",
+        "1 when the law describes the run (R^2 high enough, no reward above the ceiling's "
+        "interval), so its ceiling is a prediction; 0 when it does not",
         labels=["run"],
     )
     r2 = GaugeMetricFamily(
@@ -230,7 +237,9 @@ def analysis_families(snaps: Iterable[RunSnapshot]) -> list[Metric]:
         a = s.analysis
         if a is None:
             continue
-        if a.law.ceiling is not None:
+        if a.law.enough_data:
+            holds.add_metric([s.run], float(a.law.holds))
+        if a.law.ceiling is not None and a.law.holds:
             ceiling.add_metric([s.run], a.law.ceiling)
         if a.law.r2 is not None:
             r2.add_metric([s.run], a.law.r2)
@@ -240,7 +249,7 @@ def analysis_families(snaps: Iterable[RunSnapshot]) -> list[Metric]:
         raised = {f.flag for f in a.health.flags if f.active}
         for flag in FLAGS:
             health.add_metric([s.run, flag], float(flag in raised))
-    return [ceiling, r2, state, health]
+    return [ceiling, holds, r2, state, health]
 
 
 class _Fixed(Collector):
