@@ -11,7 +11,7 @@ TORCH := torch==2.13.0
 # Alertmanager (amtool) for tests/deploy.
 SYSTEM_PACKAGES := chromium prometheus prometheus-alertmanager
 
-.PHONY: demo test lint typecheck pytest clean system-deps
+.PHONY: demo test lint typecheck pytest clean system-deps gpu-check
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ demo: $(VENV)/.installed-all
 
 test: $(VENV)/.installed-dev system-deps
 	$(MAKE) lint typecheck pytest
+
+# The client on CUDA (bench/gpu_check.py): the CUDA-marked tests, 200+ steps under CUDA's sync
+# debug mode, bench_loss and bench_entropy on the GPU beside verl, two NCCL ranks. Without CUDA
+# it says so, runs what runs on CPU and exits 0.
+gpu-check: $(VENV)/.installed-dev
+	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 # Installs what is missing (as root, as on these machines); otherwise says what to install.
 system-deps:

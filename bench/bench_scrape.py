@@ -70,7 +70,7 @@ def details(full: bool) -> str:
 async def seed(redis: Redis, first: int, count: int, steps: int) -> None:
     """Runs first..first+count-1, each `steps` steps on one rank, in chunks of pipelined calls."""
     now = time.time()
-    gauges = AnalysisGauges(steps - 1, 0, 0.62, 0.97, "declining", frozenset(), 1.0).to_hash()
+    gauges = AnalysisGauges(steps - 1, 0, 0.62, True, 0.97, "declining", frozenset(), 1.0).to_hash()
     docs = {f"{s}:0": scalars(s) for s in range(steps)}
     thin, full = details(False), details(True)
     detail_docs = {f: thin for f in docs} | {f"{steps - 1}:0": full}

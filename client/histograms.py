@@ -85,8 +85,10 @@ def _upper_table(layout: str, device: torch.device, dtype: torch.dtype) -> Tenso
         rounded = torch.where(
             too_high, torch.nextafter(rounded, rounded.new_tensor(-torch.inf)), rounded
         )
-        table = torch.cat([rounded, rounded.new_full((3,), torch.inf)]).to(device)
-        _tables[key] = table
+        table = torch.cat([rounded, rounded.new_full((3,), torch.inf)])
+        if device.type == "cuda":  # from pinned memory: a plain copy would sync the host
+            table = table.pin_memory().to(device, non_blocking=True)
+        _tables[key] = table = table.to(device)
     return table
 
 
@@ -131,7 +133,8 @@ _shifts: dict[torch.device, Tensor] = {}
 def _cov_shift(device: torch.device) -> Tensor:
     shift = _shifts.get(device)
     if shift is None:
-        shift = _shifts[device] = torch.tensor(_COV_SHIFT, device=device)
+        # a fill, not torch.tensor(...): copying a host scalar to CUDA would sync the host
+        shift = _shifts[device] = torch.full((), _COV_SHIFT, device=device)
     return shift
 
 

@@ -306,7 +306,7 @@ class StepAccumulator:
             host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
             host.copy_(flat, non_blocking=True)
             event = torch.cuda.Event()  # type: ignore[no-untyped-call]
-            event.record()
+            event.record(torch.cuda.current_stream(flat.device))  # the copy's, on any device
             return PackedStep(host, layout, event)
         return PackedStep(flat.to("cpu"), layout)
 

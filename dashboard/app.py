@@ -11,14 +11,20 @@ from dashboard.views import compare, control, overview, run
 def main() -> None:
     st.set_page_config(page_title="entmon", page_icon="📉", layout="wide")
     session.sidebar()
-    run_given = "run" in st.query_params  # a link to one run opens its view at "/"
+    # The same pages and paths on every run, so every URL reloads: the default page is served
+    # at "/" (its url_path is not used), the others at /run, /control, /compare.
+    runs = st.Page(overview.render, title="Runs", url_path="runs", default=True)
+    one_run = st.Page(run.render, title="Run", url_path="run")
     pages = [
-        st.Page(overview.render, title="Runs", url_path="runs", default=not run_given),
-        st.Page(run.render, title="Run", url_path="run", default=run_given),
+        runs,
+        one_run,
         st.Page(control.render, title="Control", url_path="control"),
         st.Page(compare.render, title="Compare", url_path="compare"),
     ]
-    st.navigation(pages).run()
+    current = st.navigation(pages)
+    if current is runs and "run" in st.query_params:  # a shared /?run=NAME opens that run
+        st.switch_page(one_run, query_params={"run": st.query_params["run"]})
+    current.run()
 
 
 main()

@@ -14,18 +14,50 @@ from dashboard.api import series
 
 HEIGHT = 340
 ENTROPY_COLOR, REWARD_COLOR = "#1f77b4", "#d62728"
+# Runs on the Compare page: hues far apart (Plotly's D3 palette), cycled past ten runs.
+RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+              "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
 
 
-def _layout(fig: go.Figure, title: str) -> go.Figure:
+def _layout(fig: go.Figure, title: str, *, empty: str = "No data yet.") -> go.Figure:
+    """Title, size and legend; a figure with no point says `empty` instead of empty axes."""
     fig.update_layout(
         title=title, height=HEIGHT, margin={"l": 50, "r": 20, "t": 50, "b": 40},
-        legend={"orientation": "h", "y": -0.2},
+        legend={"orientation": "h", "y": -0.2}, showlegend=True,
     )  # fmt: skip
+    if not any(len(getattr(trace, "x", None) or ()) for trace in fig.data):
+        fig.add_annotation(text=empty, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5)
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
     return fig
 
 
+def _mark_changes(fig: go.Figure, changes: Sequence[tuple[int, int]], color: str = "gray") -> None:
+    """A dashed line at each step where a new control version was first applied, labelled."""
+    for step, version in changes:
+        fig.add_vline(
+            x=step, line_dash="dash", line_color=color, annotation_text=f"v{version}",
+            annotation_position="top left", annotation_font_size=10,
+        )  # fmt: skip
+
+
+def version_changes(steps: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+    """(step, version) where every rank first applied a new control version."""
+    changes: list[tuple[int, int]] = []
+    seen = None
+    for point in steps:
+        version = point.get("control_version")
+        if version is not None and seen is not None and version != seen:
+            changes.append((point["step"], version))
+        seen = version if version is not None else seen
+    return changes
+
+
 def entropy_reward(
-    steps: Sequence[Mapping[str, Any]], *, floor: float | None = None, changes: Sequence[int] = ()
+    steps: Sequence[Mapping[str, Any]],
+    *,
+    floor: float | None = None,
+    changes: Sequence[tuple[int, int]] = (),
 ) -> go.Figure:
     """Entropy (left axis) and reward (right axis) against step; the collapse floor and the steps
     where a new control version was first applied as markers."""
@@ -38,8 +70,7 @@ def entropy_reward(
     )
     if floor is not None:
         fig.add_hline(y=floor, line_dash="dot", annotation_text="collapse floor")
-    for step in changes:
-        fig.add_vline(x=step, line_dash="dash", line_color="gray")
+    _mark_changes(fig, changes)
     fig.update_yaxes(title_text="entropy (nats)", secondary_y=False)
     fig.update_yaxes(title_text="reward", secondary_y=True)
     fig.update_xaxes(title_text="step")
@@ -68,7 +99,8 @@ def law(steps: Sequence[Mapping[str, Any]], fit: Mapping[str, Any] | None) -> go
         fig.add_trace(
             go.Scatter(x=xs, y=[-a * math.exp(x) + b for x in xs], name="R = -a·exp(H) + b")
         )
-        fig.add_hline(y=b - a, line_dash="dot", annotation_text=f"ceiling {b - a:.3f}")
+        label = f"ceiling {b - a:.3f}" if fit.get("holds") else "ceiling: law does not hold"
+        fig.add_hline(y=b - a, line_dash="dot", annotation_text=label)
     fig.update_xaxes(title_text="entropy (nats)")
     fig.update_yaxes(title_text="reward")
     return _layout(fig, "Entropy-performance law")
@@ -109,8 +141,10 @@ def interventions(steps: Sequence[Mapping[str, Any]]) -> go.Figure:
         if xs:
             fig.add_trace(go.Scatter(x=xs, y=ys, name=name, mode="lines"))
     fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="tokens")
-    return _layout(fig, "Tokens touched by the intervention")
+    fig.update_yaxes(title_text="tokens", rangemode="tozero")  # a steady count is not a swing
+    return _layout(
+        fig, "Tokens touched by the intervention", empty="No Clip-Cov / KL-Cov steps yet."
+    )
 
 
 def theory(steps: Sequence[Mapping[str, Any]]) -> go.Figure:
@@ -141,10 +175,12 @@ def theory(steps: Sequence[Mapping[str, Any]]) -> go.Figure:
 
 
 def compare(runs: Mapping[str, Sequence[Mapping[str, Any]]], stat: str, title: str) -> go.Figure:
+    """One line per run in hues far apart, each run's control changes marked in its colour."""
     fig = go.Figure()
-    for run, steps in runs.items():
+    for (run, steps), color in zip(runs.items(), itertools.cycle(RUN_COLORS)):
         xs, ys = series(steps, stat)
-        fig.add_trace(go.Scatter(x=xs, y=ys, name=run, mode="lines"))
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=run, mode="lines", line={"color": color}))
+        _mark_changes(fig, version_changes(steps), color)
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text=stat)
     return _layout(fig, title)

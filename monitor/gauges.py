@@ -39,6 +39,7 @@ class AnalysisGauges:
     step: int
     control_version: int
     ceiling: float | None
+    holds: bool | None  # None: not enough data to judge the law
     r2: float | None
     state: str | None
     raised: frozenset[str]
@@ -50,6 +51,7 @@ class AnalysisGauges:
             step=step,
             control_version=control_version,
             ceiling=analysis.law.ceiling,
+            holds=analysis.law.holds if analysis.law.enough_data else None,
             r2=analysis.law.r2,
             state=analysis.collapse.state,
             raised=frozenset(f.flag for f in analysis.health.flags if f.active),
@@ -62,6 +64,7 @@ class AnalysisGauges:
             "step": str(self.step),
             "control_version": str(self.control_version),
             "ceiling": _text(self.ceiling),
+            "holds": "" if self.holds is None else str(int(self.holds)),
             "r2": _text(self.r2),
             "state": self.state or "",
             "raised": ",".join(sorted(self.raised)),
@@ -75,6 +78,7 @@ class AnalysisGauges:
                 step=int(fields["step"]),
                 control_version=int(fields["control_version"]),
                 ceiling=_number(fields["ceiling"]),
+                holds=None if fields["holds"] == "" else fields["holds"] == "1",
                 r2=_number(fields["r2"]),
                 state=fields["state"] or None,
                 raised=frozenset(f for f in fields["raised"].split(",") if f),

@@ -250,13 +250,15 @@ def _bucket_heads(metric: str, layout: str) -> tuple[str, ...]:
 def _render_analysis(snaps: list[RunSnapshot], out: _Text) -> None:
     """Gauges of the run analysis (monitor/ANALYSIS.md), computed off the scrape path from a
     bounded sample of the run's steps (monitor/gauges.py)."""
-    ceiling, r2, state, health = [], [], [], []
+    ceiling, holds, r2, state, health = [], [], [], [], []
     for s in snaps:
         g = s.gauges
         if g is None:
             continue
         label = f'{{run="{s.run}"}}'
-        if g.ceiling is not None:
+        if g.holds is not None:
+            holds.append(f"{PREFIX}_law_holds{label} {'1.0' if g.holds else '0.0'}\n")
+        if g.ceiling is not None and g.holds:
             ceiling.append(f"{PREFIX}_predicted_reward_ceiling{label} {_value(g.ceiling)}\n")
         if g.r2 is not None:
             r2.append(f"{PREFIX}_law_fit_r2{label} {_value(g.r2)}\n")
@@ -270,8 +272,16 @@ def _render_analysis(snaps: list[RunSnapshot], out: _Text) -> None:
     out.family(
         f"{PREFIX}_predicted_reward_ceiling",
         "gauge",
-        "Reward the entropy-performance law R = -a exp(H) + b predicts at entropy 0: b - a",
+        "Reward the entropy-performance law R = -a exp(H) + b predicts at entropy 0: b - a; "
+        "absent while the law does not hold (entmon_law_holds 0)",
         ceiling,
+    )
+    out.family(
+        f"{PREFIX}_law_holds",
+        "gauge",
+        "1 when the law describes the run (R^2 high enough, no reward above the ceiling's "
+        "interval), so its ceiling is a prediction; 0 when it does not",
+        holds,
     )
     out.family(f"{PREFIX}_law_fit_r2", "gauge", "R^2 of the entropy-performance law fit", r2)
     out.family(

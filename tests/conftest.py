@@ -22,6 +22,28 @@ SERVER_START_TIMEOUT_S = 30.0
 LOCAL = "http://127.0.0.1"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Skip `cuda`-marked tests, with the reason, where torch sees fewer CUDA devices than they
+    need (`@pytest.mark.cuda(devices=2)`; one by default). `make gpu-check` runs them."""
+    marked = [(item, item.get_closest_marker("cuda")) for item in items]
+    marked = [(item, m) for item, m in marked if m is not None]
+    if not marked:
+        return
+    import torch  # only when such a test was collected
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for item, marker in marked:
+        need = int(marker.kwargs.get("devices", 1))
+        if have < need:
+            build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", a CPU build")
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"needs {need} CUDA device(s), {build} sees {have}: "
+                    "run `make gpu-check` on a GPU machine"
+                )
+            )
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
     with EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendfsync="everysec") as server:

@@ -142,6 +142,7 @@ KNOB_MEANING = {
     "client/integrations/trl.py",
     "client/integrations/verl.py",
     "monitor/analysis/health.py",
+    "dashboard/preview.py",  # what a setting would select: the selection rules, estimated
     "entmon/demo/stack.py",  # the demo sets the toy's ratios and switches the loss mode
     "entmon/demo/toy.py",
 }

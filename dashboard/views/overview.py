@@ -54,8 +54,8 @@ def run_row(http: httpx.Client, run: dict[str, Any], now: float) -> dict[str, An
 
 def _ceiling(analysis: dict[str, Any]) -> float | None:
     law = analysis.get("law") or {}
-    value = law.get("ceiling") if isinstance(law, dict) else None
-    return api.number(value) if value is not None else None
+    value = law.get("ceiling") if isinstance(law, dict) and law.get("holds") else None
+    return api.number(value) if value is not None else None  # no number where the law fails
 
 
 def _state(analysis: dict[str, Any], entropy: float | None) -> str:

@@ -7,21 +7,10 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import api, charts, session
+from dashboard import api, charts, session, versions
 
 # The statistics the run view draws: the API sends only these.
 CHARTED = ("entropy", "reward", "cov_mean", "detached", "penalised", "candidates")
-
-
-def version_changes(steps: list[dict[str, Any]]) -> list[int]:
-    """Steps at which every rank first applied a new control version."""
-    changes, seen = [], None
-    for point in steps:
-        version = point.get("control_version")
-        if version is not None and seen is not None and version != seen:
-            changes.append(point["step"])
-        seen = version if version is not None else seen
-    return changes
 
 
 def kpis(run: dict[str, Any], control: dict[str, Any], analysis: dict[str, Any] | None) -> None:
@@ -41,11 +30,19 @@ def kpis(run: dict[str, Any], control: dict[str, Any], analysis: dict[str, Any] 
     reward = api.number(stats.get("reward"))
     cols[2].metric("Reward", "-" if reward is None else f"{reward:.3f}")
     ceiling = api.number(law.get("ceiling")) if isinstance(law, dict) else None
-    cols[3].metric("Predicted ceiling", "-" if ceiling is None else f"{ceiling:.3f}")
+    if ceiling is None:
+        cols[3].metric("Predicted ceiling", "-", help=law.get("note") if law else None)
+    elif law.get("holds"):
+        cols[3].metric("Predicted ceiling", f"{ceiling:.3f}", help=law.get("verdict"))
+    else:  # shown, but not as a prediction: the user acts on this number
+        cols[3].metric(
+            "Ceiling (law does not hold)", f"{ceiling:.3f}", "no prediction",
+            delta_color="off", help=law.get("verdict"),
+        )  # fmt: skip
     applied = latest.get("control_version")
     cols[4].metric(
-        "Control", control["loss_mode"], f"v{control['version']} requested, v{applied} applied"
-        if applied is not None else f"v{control['version']} requested", delta_color="off",
+        "Control", control["loss_mode"], f"applied v{applied} of v{control['version']}"
+        if applied is not None else f"v{control['version']}, none applied", delta_color="off",
     )  # fmt: skip
     last = run.get("last_report_time")
     cols[5].metric("Last report", "never" if last is None else f"{time.time() - last:.0f}s ago")
@@ -81,10 +78,7 @@ def law_caption(analysis: dict[str, Any] | None) -> str:
     if not law.get("enough_data"):
         return f"Law: {law.get('note', 'not enough data yet')}"
     record = (analysis or {}).get("track_record") or {}
-    text = (
-        f"R = -{_fmt(law['a'])}·exp(H) + {_fmt(law['b'])}, R² {_fmt(law['r2'])}; ceiling "
-        f"{_fmt(law['ceiling'])} [{_fmt(law['ceiling_low'])}, {_fmt(law['ceiling_high'])}]."
-    )
+    text = f"R = -{_fmt(law['a'])}·exp(H) + {_fmt(law['b'])}; {law.get('verdict', '')}."
     if record.get("enough_data"):
         text += (
             f" Fitted on the first {record['fit_steps']} steps, it predicted the next "
@@ -127,11 +121,14 @@ def render() -> None:
         floor = ((analysis or {}).get("collapse") or {}).get("floor_entropy")
         left, right = st.columns(2)
         left.plotly_chart(
-            charts.entropy_reward(steps, floor=api.number(floor), changes=version_changes(steps)),
+            charts.entropy_reward(
+                steps, floor=api.number(floor), changes=charts.version_changes(steps)
+            ),
             key="entropy-chart",
         )
         right.plotly_chart(charts.law(steps, (analysis or {}).get("law")), key="law-chart")
         right.caption(law_caption(analysis))
+
         try:
             histograms = {h: api.get_histograms(http, name, h) for h in ("covariance", "entropy")}
             tokens = api.get_top_tokens(http, name)
@@ -160,5 +157,10 @@ def render() -> None:
             st.dataframe(tokens, hide_index=True, key="top-tokens")
         else:
             st.caption("No top tokens reported for the latest step.")
+        changes_table = versions.before_after(steps)
+        if changes_table:
+            st.subheader("Control changes: before and after")
+            st.caption("Entropy slope and reward over the same number of steps on each side")
+            st.dataframe(changes_table, hide_index=True, key="version-changes")
 
     live()

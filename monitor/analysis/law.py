@@ -19,6 +19,12 @@ DEFAULT_FIT_STEPS = 36  # the paper fits on the first 36 steps and predicts the 
 DEFAULT_SMOOTH = 1  # reward block size; 1 fits every step as reported
 # exp(H) overflows a float above H ~ 709 nats; no real policy has more than ln(vocab) ~ 12.
 MAX_ENTROPY_NATS = 700.0
+# Below this R^2 the law does not describe the run and its ceiling is no prediction. The paper's
+# fits sit above 0.9; the CPU toy's (0.60-0.75, docs/reproduce.json) are the kind this flags.
+MIN_R2 = 0.8
+# "The reward already reached" is the best mean over blocks of this many steps, and it must pass
+# the ceiling's interval by two standard errors of such a mean: one lucky step is not a refutation.
+REACHED_BLOCK = 10
 
 
 class LawFit(Result):
@@ -42,6 +48,15 @@ class LawFit(Result):
     ceiling_low: float | None = None
     ceiling_high: float | None = None
     confidence: float = CONFIDENCE
+    reward_reached: float | None = Field(
+        None, description=f"the best mean reward over blocks of {REACHED_BLOCK} fitted steps"
+    )
+    holds: bool = Field(
+        False,
+        description=f"the law describes the run: R^2 >= {MIN_R2} and no reward reached above "
+        "the ceiling's interval. When false the ceiling is no prediction (see `verdict`)",
+    )
+    verdict: str = Field("", description="why the ceiling is, or is not, a prediction")
 
 
 class TrackRecord(Result):
@@ -126,6 +141,9 @@ def fit_law(points: Sequence[StepPoint], *, smooth: int = DEFAULT_SMOOTH) -> Law
             last_step=last,
         )
     low, high = line.interval(1.0)
+    reached = max(blocks(rows, REACHED_BLOCK)[1])
+    noise = 2 * (line.residual_sd or 0.0) / math.sqrt(REACHED_BLOCK)
+    holds, verdict = _judge(line.r2, reached, line.predict(1.0), low, high, noise)
     return LawFit(
         enough_data=True,
         note=(
@@ -148,6 +166,27 @@ def fit_law(points: Sequence[StepPoint], *, smooth: int = DEFAULT_SMOOTH) -> Law
         ceiling_se=line.se_mean(1.0),
         ceiling_low=low,
         ceiling_high=high,
+        reward_reached=reached,
+        holds=holds,
+        verdict=verdict,
+    )
+
+
+def _judge(
+    r2: float | None, reached: float, ceiling: float, low: float, high: float, noise: float
+) -> tuple[bool, str]:
+    """Whether the fitted ceiling may be shown as a prediction, and the sentence that says so."""
+    if r2 is None or r2 < MIN_R2:
+        fit = "reward does not vary" if r2 is None else f"R² {r2:.2f} < {MIN_R2}"
+        return False, f"poor fit ({fit}): the law does not describe this run; no prediction"
+    if reached > high + noise:
+        return False, (
+            f"reward already reached {reached:.3f}, above the ceiling's interval "
+            f"[{low:.3f}, {high:.3f}]: the law does not describe this run; no prediction"
+        )
+    return True, (
+        f"predicted ceiling {ceiling:.3f} [{low:.3f}, {high:.3f}] (R² {r2:.2f}), if the law "
+        "holds down to entropy 0"
     )
 
 

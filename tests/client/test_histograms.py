@@ -93,7 +93,7 @@ def test_float32_bits_match_binary_search_on_every_exponent_and_near_every_bound
     assert torch.equal(bucket_indices(x, layout), binary_search(x, layout))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+@pytest.mark.cuda
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_bucketing_on_the_gpu_equals_the_cpu(layout: str) -> None:
     # the bit views, out= aliasing and int32 lookups of the float32 path, run on CUDA

@@ -63,7 +63,7 @@ def test_browser_sees_the_entropy_chart_and_changes_a_knob(
     assert save(page, tmp_path, "dashboard-run.png").stat().st_size > 10_000
 
     page.goto(f"{dashboard}/control?run=alpha")
-    ratio = page.get_by_label("KL-Cov ratio k (fraction of tokens penalised)")
+    ratio = page.get_by_role("spinbutton", name="KL-Cov ratio k (fraction of tokens penalised)")
     expect(ratio).to_be_visible(timeout=30_000)
     ratio.fill("0.010000")
     ratio.press("Tab")
@@ -76,3 +76,23 @@ def test_browser_sees_the_entropy_chart_and_changes_a_knob(
     assert control["version"] == 1 and control["kl_cov_ratio"] == pytest.approx(0.01)
     audit = httpx.get(f"{streamed.url}/v1/runs/alpha/audit").json()["entries"]
     assert audit[0]["reason"] == "browser test"
+
+
+def test_every_page_url_reloads_and_a_shared_run_link_opens_the_run(
+    dashboard: str, page: Page
+) -> None:
+    """The Runs table's "open" link (/run?run=NAME), each page's own URL on reload, and the
+    shared /?run=NAME: none may answer Streamlit's "Page not found"."""
+    expected = {
+        "/": "Runs",
+        "/run?run=alpha": "Entropy and reward",
+        "/control?run=alpha": "Reason (kept in the audit log)",
+        "/compare": "Compare",
+        "/?run=alpha": "Entropy and reward",
+    }
+    for path, text in expected.items():
+        page.goto(f"{dashboard}{path}")
+        expect(page.get_by_text(text).first).to_be_visible(timeout=30_000)
+        page.reload()
+        expect(page.get_by_text(text).first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("Page not found")).to_have_count(0)

@@ -73,6 +73,7 @@ def test_analysis_and_metrics_of_a_run(api: TestClient) -> None:
     ceiling = samples(metrics, "entmon_predicted_reward_ceiling")[run]
     assert ceiling == pytest.approx(law["ceiling"])
     assert samples(metrics, "entmon_law_fit_r2")[run] == pytest.approx(law["r2"])
+    assert law["holds"] and samples(metrics, "entmon_law_holds")[run] == 1.0
     states = samples(metrics, "entmon_collapse_state")
     assert states[(("run", "r1"), ("state", "declining"))] == 1.0
     assert sum(states.values()) == 1.0 and len(states) == 5
@@ -81,6 +82,24 @@ def test_analysis_and_metrics_of_a_run(api: TestClient) -> None:
     assert health[(("flag", "clip_cov_no_candidates"), ("run", "r1"))] == 0.0
     relative = samples(metrics, "entmon_policy_entropy_relative")[run]
     assert relative == pytest.approx(body["collapse"]["relative"])
+
+
+def test_a_ceiling_the_run_already_passed_is_no_prediction_in_api_and_gauges(
+    api: TestClient,
+) -> None:
+    reports = law_reports(240)
+    post(api, "r1", reports)
+    ceiling = api.get("/v1/runs/r1/analysis").json()["law"]["ceiling"]
+    entropy = entropy_curve(239)
+    late: list[dict[str, object]] = [
+        {"step": 240 + i, "stats": {"entropy": entropy, "reward": ceiling + 0.1}} for i in range(30)
+    ]
+    post(api, "r1", late)
+    law = api.get("/v1/runs/r1/analysis").json()["law"]
+    assert not law["holds"] and "already reached" in law["verdict"]
+    metrics = api.get("/metrics").text
+    assert samples(metrics, "entmon_law_holds")[(("run", "r1"),)] == 0.0
+    assert not samples(metrics, "entmon_predicted_reward_ceiling")
 
 
 def test_query_parameters_change_the_analysis(api: TestClient) -> None:

@@ -6,6 +6,7 @@ import statistics
 import pytest
 
 from monitor.analysis import fit_law, track_record
+from monitor.analysis.law import MIN_R2
 from tests.monitor.synthetic_runs import A, B, entropy_curve, law_reward, law_run, point
 
 SEEDS = range(20)
@@ -125,3 +126,28 @@ def test_result_serialises_to_strict_json() -> None:
     fit = fit_law([point(t, entropy=math.nan, reward=law_reward(1.0)) for t in range(5)])
     assert "NaN" not in fit.model_dump_json()
     assert fit_law(law_run(50)).model_dump(mode="json")["a"] == pytest.approx(A, rel=0.05)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_law_following_run_holds_and_its_ceiling_is_a_prediction(seed: int) -> None:
+    fit = fit_law(law_run(300, noise=0.01, seed=seed))
+    assert fit.holds and fit.verdict.startswith("predicted ceiling")
+    assert fit.reward_reached is not None and fit.reward_reached < fit.ceiling_high  # type: ignore[operator]
+
+
+def test_a_poor_fit_is_no_prediction() -> None:
+    fit = fit_law(law_run(300, noise=0.3, seed=0))  # the law buried in noise
+    assert fit.enough_data and fit.r2 is not None and fit.r2 < MIN_R2
+    assert not fit.holds and "poor fit" in fit.verdict
+
+
+def test_a_reward_above_the_ceilings_interval_is_no_prediction() -> None:
+    """The law fits the early steps, then the reward climbs past its ceiling while entropy
+    stays: the ceiling is contradicted by what the run already reached."""
+    run = law_run(300, noise=0.005, seed=0)
+    ceiling = fit_law(run).ceiling
+    assert ceiling is not None
+    late = [point(300 + i, entropy=entropy_curve(299), reward=ceiling + 0.05) for i in range(20)]
+    fit = fit_law(run + late)
+    assert fit.r2 is not None and fit.r2 >= MIN_R2  # still a good fit over the whole run
+    assert not fit.holds and "already reached" in fit.verdict
