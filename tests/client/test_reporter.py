@@ -266,3 +266,16 @@ def test_replay_sets_a_poison_report_aside_and_stores_the_rest(
     assert [s["step"] for s in steps] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
     dead = dead_letter_path(spool.path)
     assert [json.loads(line)["step"] for line in dead.read_bytes().splitlines()[1:]] == [3]
+
+
+def test_a_step_closed_after_a_quiet_spell_is_sent_at_once(shared_server: ServerProcess) -> None:
+    """The control lag (issue #17.8): a report is not held for the flush interval when nothing
+    was sent lately, so the answer (with the control) is back before the next step ends. With an
+    interval of a minute, the report must still be stored well within it."""
+    config = dataclasses.replace(FAST, flush_interval_s=60.0, poll_interval_s=60.0)
+    with Monitor(run="at-once", url=shared_server.url, config=config) as mon:
+        mon.log(0, entropy=1.0)
+        deadline = time.monotonic() + 30.0
+        while not stored_steps(shared_server.url, "at-once") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [s["step"] for s in stored_steps(shared_server.url, "at-once")] == [0]
