@@ -23,9 +23,9 @@ from redis.asyncio import Redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from monitor.analysis import AnalysisParams, analyse
 from monitor.embedded_redis import EmbeddedRedis
+from monitor.gauges import SCRAPE_MAX_POINTS
 from monitor.report_codec import StepReport, StepStats
-from monitor.routers.analysis import run_analysis
-from monitor.routers.metrics import SCRAPE_MAX_POINTS
+from monitor.run_analysis import run_analysis
 from monitor.store import RunKeys, Store
 
 RUN = "bench"

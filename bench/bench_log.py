@@ -12,7 +12,8 @@ realistic report: about 30 scalars, two 64-bucket histograms, 8 top tokens (time
 - TensorBoard: 30 `add_scalar`, two `add_histogram_raw` with precomputed counts (cheaper than
   `add_histogram` on raw values) and 8 `add_scalar` for the top tokens.
 Competitors get precomputed histograms, so the comparison favours them. The "floor" row times a
-call that only copies a dict: the noise of this machine and of the harness.
+call that only copies a dict: the noise of this machine and of the harness. "entmon-down" is
+entmon with the monitor unreachable (nothing listens on its port): every report goes to the spool.
 
     .venv/bin/python bench/bench_log.py [--steps 2000] [--rounds 3] [--only entmon,wandb,...]
     (wandb and tensorboard: pip install "entmon[bench]")
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.realistic import STATS, USER, realistic_report
 from client import Control, Monitor
 from client.losses import policy_loss
-from monitor.embedded_redis import EmbeddedRedis
+from monitor.embedded_redis import EmbeddedRedis, free_port
 from tests.conftest import ServerProcess
 
 WARMUP = 50
@@ -109,6 +110,22 @@ def bench_entmon(steps: int, workdir: Path) -> list[float]:
     return latencies
 
 
+def bench_entmon_down(steps: int, workdir: Path) -> list[float]:
+    """The monitor unreachable for the whole run: reports go to the disk spool."""
+    mb = micro_batch()
+    user = dict(USER)
+    mon = Monitor(run="bench-down", url=f"http://127.0.0.1:{free_port()}", spool_dir=workdir)
+
+    def work(step: int) -> None:
+        mon.policy_loss(**mb)
+
+    latencies = timed(steps, work, lambda s: mon.log(s, reward=0.7, **user))
+    mon.close(30)
+    if mon.dropped:
+        raise RuntimeError(f"entmon dropped {mon.dropped} reports")
+    return latencies
+
+
 def _histograms() -> tuple[list[np.ndarray], list[np.ndarray]]:
     report = realistic_report(0)
     counts = [np.asarray(h["counts"][:64], dtype=np.float64) for h in report["histograms"].values()]
@@ -168,6 +185,7 @@ def bench_floor(steps: int, workdir: Path) -> list[float]:
 BENCHES = {
     "floor": bench_floor,
     "entmon": bench_entmon,
+    "entmon-down": bench_entmon_down,
     "wandb": bench_wandb,
     "tensorboard": bench_tensorboard,
 }

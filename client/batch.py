@@ -61,7 +61,12 @@ def masked_batch(
             "log_prob, old_log_prob, advantages and response_mask must share one "
             f"[batch, response_len] shape, got {sorted(shapes)}"
         )
-    valid = valid_mask(response_mask)
+    # Row-major (a no-op when already so): later steps flatten with `view`, and a mask or
+    # tensor of any other stride (a transposed one) must give the same result.
+    log_prob, advantages = log_prob.contiguous(), advantages.contiguous()
+    if old_log_prob is not None:
+        old_log_prob = old_log_prob.contiguous()
+    valid = valid_mask(response_mask).contiguous()
     as_bytes = valid.view(torch.uint8)  # bool -> float or int is several times faster from bytes
     keep = as_bytes.float()
     bits = as_bytes.to(torch.int32).neg_()  # 0 -> 0, 1 -> -1: all 32 bits set

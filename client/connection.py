@@ -4,6 +4,10 @@
 silent. A socket blocked in `recv` is not woken by `close()` from another thread, but it is by
 `shutdown()`: so the connection runs on httpcore (the engine under httpx) with a network backend
 that remembers its sockets and shuts them down on `abort()`. httpx has no public hook for that.
+
+httpcore's timeouts apply to each read and write: a server trickling one byte a second would
+hold a request forever. The backend's streams clip every operation to the request's deadline,
+so a request ends within its timeout whatever the server does.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -60,10 +65,10 @@ class _Stream(httpcore.NetworkStream):
         return sock if isinstance(sock, socket.socket) else None
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, timeout)
+        return self._inner.read(max_bytes, self._backend.clip(timeout, httpcore.ReadTimeout))
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, timeout)
+        self._inner.write(buffer, self._backend.clip(timeout, httpcore.WriteTimeout))
 
     def close(self) -> None:
         self._backend._untrack(self)
@@ -88,6 +93,14 @@ class _AbortableBackend(httpcore.NetworkBackend):
         self._lock = threading.Lock()
         self._streams: set[_Stream] = set()
         self._aborted = False
+        self.deadline = float("inf")  # time.monotonic() by which the current request must end
+
+    def clip(self, timeout: float | None, error: type[Exception]) -> float:
+        """The time one socket operation may take: what is left of the request's deadline."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise error("the request's deadline passed")
+        return left if timeout is None else min(timeout, left)
 
     def connect_tcp(
         self,
@@ -99,6 +112,7 @@ class _AbortableBackend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         if self._aborted:
             raise httpcore.ConnectError("connection aborted (closing)")
+        timeout = self.clip(timeout, httpcore.ConnectTimeout)
         inner = self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         return _Stream(inner, self)
 
@@ -110,6 +124,7 @@ class _AbortableBackend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         if self._aborted:
             raise httpcore.ConnectError("connection aborted (closing)")
+        timeout = self.clip(timeout, httpcore.ConnectTimeout)
         return _Stream(self._inner.connect_unix_socket(path, timeout, socket_options), self)
 
     def sleep(self, seconds: float) -> None:
@@ -187,8 +202,10 @@ class MonitorConnection:
     def request(
         self, method: str, path: str, body: bytes = b"", *, timeout_s: float | None = None
     ) -> Reply:
-        """Raises TransportError when no HTTP answer came back."""
+        """Raises TransportError when no whole HTTP answer came back within the timeout (the
+        whole request: connecting, sending and reading the answer)."""
         timeout = self.request_timeout_s if timeout_s is None else max(0.001, timeout_s)
+        self._backend.deadline = time.monotonic() + timeout
         headers = list(self._headers)
         if body:
             headers += [(b"Content-Type", b"application/json")]
@@ -208,6 +225,8 @@ class MonitorConnection:
             )
         except Exception as e:  # httpcore's errors share no root; none may escape as a crash
             raise TransportError(f"{type(e).__name__}: {e}") from e
+        finally:
+            self._backend.deadline = float("inf")
         return Reply(response.status, response.content, _retry_after(response.headers))
 
     def abort(self) -> None:

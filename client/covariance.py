@@ -19,6 +19,15 @@ from torch import Tensor
 
 from client.batch import Batch, masked_batch, zero_masked
 
+# The covariance is computed in float32 whatever the inputs' dtype (bf16, fp16, fp64): the
+# precision the bounds of Clip-Cov and the ranking of KL-Cov are compared in, and that of the
+# statistics. verl computes it in the inputs' dtype; with float32 inputs (verl's log-probs and
+# advantages are float32) the two agree. Half precision would round covariances near
+# clip_cov_lb / clip_cov_ub across the bound (bf16 keeps 8 bits: 5.0 and 4.98 are one value)
+# and tie most of KL-Cov's ranking; float64 inputs are rounded to float32 here (a covariance
+# within a float32 ulp of a bound, or of another, may then be ordered otherwise than in verl).
+COVARIANCE_DTYPE = torch.float32
+
 Scope = Literal["micro_batch", "global"]
 SCOPES: tuple[Scope, ...] = ("micro_batch", "global")
 
@@ -56,8 +65,8 @@ def centred(
 
     `out`: two float32 buffers of the batch's size to hold `adv_dev` and `cov` (which then
     live only as long as the caller leaves the buffers alone)."""
-    lp = batch.log_prob.detach().float()  # B, T, 0 at masked tokens
-    adv = batch.advantages.float()  # B, T, 0 at masked tokens
+    lp = batch.log_prob.detach().to(COVARIANCE_DTYPE)  # B, T, 0 at masked tokens
+    adv = batch.advantages.to(COVARIANCE_DTYPE)  # B, T, 0 at masked tokens
     n = batch.n
     lp_sum, adv_sum = lp.sum(), adv.sum()
     if is_global(scope):

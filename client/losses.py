@@ -3,16 +3,16 @@
 Inputs are verl's: [batch, response_len] tensors of current and old log-probs, advantages and a
 0/1 response mask. Aggregation is verl's "token-mean", sum(loss * mask) / max(sum(mask), 1), so an
 all-masked batch gives a finite 0 where verl gives NaN. Each function returns the loss and a
-`LossStats` of 0-d device tensors: nothing here reads the device, so the monitor can copy every
-statistic of a step to the host in one transfer (client/stats.py).
+`LossStats` of 0-d device tensors: nothing here reads a device value (KL-Cov on CPU reads one
+boolean, where there is no device to wait for), so the monitor can copy every statistic of a
+step to the host in one transfer (client/stats.py).
 
-Deliberate departures from verl, all outside the inputs verl accepts: a ratio of 0 switches
-Clip-Cov / KL-Cov off (verl asserts > 0); an all-masked batch gives 0, not NaN; and Clip-Cov's
-random choice draws from a `torch.Generator` you may pass (verl uses the global RNG), so the
-chosen tokens have the reference's distribution, not its exact draw. Like verl, Clip-Cov and
-KL-Cov do not clamp the log-ratio: a huge ratio overflows to inf and the loss and statistics
-report it instead of hiding it. Vanilla PPO is verl's `vanilla` mode: log-ratio clamped to
-[-20, 20] and dual-clip with `clip_ratio_c` (3.0) for negative advantages.
+Where these equal verl's bit for bit and where not (covariance in float32, ties on CUDA,
+all-masked batches, ratio 0, Clip-Cov's random stream) is in client/MATH.md, "Parity with
+verl". Like verl, Clip-Cov and KL-Cov do not clamp the log-ratio: a huge ratio overflows to inf
+and the loss (NaN at a detached token, as verl's `loss * corr`) and statistics report it
+instead of hiding it. Vanilla PPO is verl's `vanilla` mode: log-ratio clamped to [-20, 20] and
+dual-clip with `clip_ratio_c` (verl's default 3.0) for negative advantages.
 """
 
 from __future__ import annotations
@@ -195,8 +195,10 @@ def _token_losses(
                 clip_cov_ratio=c.clip_cov_ratio, clip_cov_lb=c.clip_cov_lb,
                 clip_cov_ub=c.clip_cov_ub, generator=generator, scope=scope,
             )  # fmt: skip
-        # masked_fill(picked, 0.0)'s values and gradient; `where` is the cheaper pass on CPU.
-        loss = torch.where(selection.picked, 0.0, torch.maximum(t.pg1, t.pg2))
+        # verl's `loss * corr` (corr 0 at the picked tokens, else 1), not a `where`: an
+        # overflowed loss (inf) at a picked token gives NaN as in verl instead of a hidden 0.
+        loss = torch.maximum(t.pg1, t.pg2)
+        loss = loss * (~selection.picked).view(torch.uint8).to(loss.dtype)
         abs_lr = None
     else:
         if selection is None:
@@ -231,6 +233,11 @@ def _loss(
     return token_mean(per_token, stats.tokens), stats
 
 
+def _check_clip_ratio_c(clip_ratio_c: float | None) -> None:
+    if clip_ratio_c is not None and not clip_ratio_c > 1.0:  # verl asserts the same
+        raise ValueError(f"clip_ratio_c (the dual-clip bound) must be > 1, got {clip_ratio_c}")
+
+
 def vanilla_ppo_loss(
     log_prob: Tensor,
     old_log_prob: Tensor,
@@ -245,8 +252,7 @@ def vanilla_ppo_loss(
 
     `clip_ratio_c` is the dual-clip bound for negative advantages (None: no dual clip).
     """
-    if clip_ratio_c is not None and not clip_ratio_c > 1.0:
-        raise ValueError(f"clip_ratio_c must be > 1, got {clip_ratio_c}")
+    _check_clip_ratio_c(clip_ratio_c)
     c = Control(loss_mode="vanilla", clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high)
     return _loss(
         log_prob, old_log_prob, advantages, response_mask, c,
@@ -325,12 +331,15 @@ def policy_loss(
     generator: torch.Generator | None = None,
     scope: Scope = "micro_batch",
     selection: Selection | None = None,
+    clip_ratio_c: float | None = DEFAULT_CLIP_RATIO_C,
 ) -> tuple[Tensor, LossStats]:
-    """The loss `control.loss_mode` names, with the control's knobs (verl's semantics; the
-    vanilla loss uses verl's dual-clip bound 3.0)."""
+    """The loss `control.loss_mode` names, with the control's knobs (verl's semantics). The
+    vanilla loss dual-clips negative advantages at `clip_ratio_c` (verl's `actor.clip_ratio_c`,
+    default 3.0; None: no dual clip); verl's Clip-Cov and KL-Cov have no dual clip, nor do ours."""
+    _check_clip_ratio_c(clip_ratio_c)
     return _loss(
         log_prob, old_log_prob, advantages, response_mask, control,
-        clip_ratio_c=DEFAULT_CLIP_RATIO_C, generator=generator, scope=scope, selection=selection,
+        clip_ratio_c=clip_ratio_c, generator=generator, scope=scope, selection=selection,
     )  # fmt: skip
 
 
@@ -344,13 +353,15 @@ def policy_token_losses(
     generator: torch.Generator | None = None,
     scope: Scope = "micro_batch",
     selection: Selection | None = None,
+    clip_ratio_c: float | None = DEFAULT_CLIP_RATIO_C,
 ) -> tuple[Tensor, LossStats]:
     """The per-token losses of `policy_loss` ([batch, response_len], exactly 0 at masked
     tokens), for callers that aggregate them their own way (verl's `loss_agg_mode`, importance
     weights); `policy_loss` is their token mean."""
+    _check_clip_ratio_c(clip_ratio_c)
     return _token_losses(
         log_prob, old_log_prob, advantages, response_mask, control,
-        clip_ratio_c=DEFAULT_CLIP_RATIO_C, generator=generator, scope=scope, selection=selection,
+        clip_ratio_c=clip_ratio_c, generator=generator, scope=scope, selection=selection,
     )  # fmt: skip
 
 

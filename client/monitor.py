@@ -31,7 +31,7 @@ from client.control import Control
 from client.control_sync import ControlSync
 from client.handoff import FinishedStep
 from client.log_once import LogOnce
-from client.losses import policy_token_losses, token_mean
+from client.losses import DEFAULT_CLIP_RATIO_C, policy_token_losses, token_mean
 from client.report import build_report
 from client.reporter import Reporter, ReporterConfig
 from client.spool import Spool, default_spool_dir, spool_path
@@ -135,6 +135,7 @@ class Monitor:
         token_ids: torch.Tensor | None = None,
         *,
         aggregate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        clip_ratio_c: float | None = DEFAULT_CLIP_RATIO_C,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The policy loss of one micro-batch under this step's control, and its statistics as
         device tensors (no host sync). The step's statistics accumulate until `log`.
@@ -142,10 +143,12 @@ class Monitor:
         `aggregate` turns the per-token losses ([batch, response_len], 0 at masked tokens) into
         the returned loss, for a trainer's own aggregation (verl's `loss_agg_mode`); by default
         their token mean. The step's `loss` statistic is the token mean either way.
+        `clip_ratio_c`: the vanilla loss's dual-clip bound (verl's `actor.clip_ratio_c`).
         """
         per_token, stats = policy_token_losses(
-            log_prob, old_log_prob, advantages, response_mask, self.control
-        )
+            log_prob, old_log_prob, advantages, response_mask, self.control,
+            clip_ratio_c=clip_ratio_c,
+        )  # fmt: skip
         mean = token_mean(per_token, stats.tokens)
         loss = mean if aggregate is None else aggregate(per_token)
         try:

@@ -11,6 +11,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from entmon.wire.numbers import to_wire, wire_numbers
@@ -28,6 +29,20 @@ class PackedStats(Protocol):
     def unpack(self, tokenizer: Any = None) -> dict[str, Any]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PendingReport:
+    """A closed step waiting in the reporter's queue: values may still be tensors (detached),
+    the statistics still packed on the device."""
+
+    step: int
+    rank: int
+    world_size: int
+    time: float  # unix time at log()
+    control_version: int | None  # None: a driver, which takes no control
+    scalars: dict[str, Any]  # given to log()
+    packed: PackedStats | None = None
+
+
 def build_report(
     step: int,
     rank: int,
@@ -35,24 +50,22 @@ def build_report(
     control_version: int | None,
     scalars: Mapping[str, Any],
     packed: PackedStats | None = None,
-) -> dict[str, Any]:
+) -> PendingReport:
     """A report whose values may still be tensors; `finalize` makes it JSON-ready. Runs on the
     training thread: it only detaches tensors (so no autograd graph is kept alive)."""
-    report: dict[str, Any] = {
-        "step": int(step),
-        "rank": rank,
-        "world_size": world_size,
-        "time": time.time(),
-        "control_version": control_version,
-        "scalars": {k: v if type(v) in _PLAIN else _detach(v) for k, v in scalars.items()},
-    }
-    if packed is not None:
-        report["packed"] = packed
-    return report
+    return PendingReport(
+        step=int(step),
+        rank=rank,
+        world_size=world_size,
+        time=time.time(),
+        control_version=control_version,
+        scalars={k: v if type(v) in _PLAIN else _detach(v) for k, v in scalars.items()},
+        packed=packed,
+    )
 
 
 def finalize(
-    report: dict[str, Any],
+    report: PendingReport,
     *,
     client_drops: int = 0,
     tokenizer: Any = None,
@@ -62,19 +75,24 @@ def finalize(
     tensor may wait for the device). Scalars given to `log` win over computed ones; names that
     are not report statistics go to `user`. A value that is not a number is left out and named
     in `problems`: one bad scalar does not cost the step its report."""
-    out = {k: v for k, v in report.items() if k not in ("packed", "scalars")}
+    out: dict[str, Any] = {
+        "step": report.step,
+        "rank": report.rank,
+        "world_size": report.world_size,
+        "time": report.time,
+        "control_version": report.control_version,
+    }
     stats: dict[str, Any] = {}
     user: dict[str, Any] = {}
-    packed = report.get("packed")
-    if packed is not None:
-        computed = packed.unpack(tokenizer)
+    if report.packed is not None:
+        computed = report.packed.unpack(tokenizer)
         stats.update(computed.get("stats", {}))
         user.update(computed.get("user", {}))
         if computed.get("histograms"):
             out["histograms"] = computed["histograms"]
         if computed.get("top_tokens"):
             out["top_tokens"] = computed["top_tokens"]
-    for name, value in report["scalars"].items():  # given to log(): they win
+    for name, value in report.scalars.items():  # given to log(): they win
         (stats if name in _STAT_NAMES else user)[name] = value
     if client_drops:
         stats["client_drops"] = client_drops
@@ -86,9 +104,12 @@ def finalize(
     return out
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # one, not one per call
+
+
 def encode(report: dict[str, Any]) -> bytes:
     """One line of compact JSON (json escapes newlines inside strings)."""
-    return json.dumps(report, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(report).encode()
 
 
 def step_of(line: bytes) -> tuple[int, int]:
@@ -102,6 +123,9 @@ def _numbers(
 ) -> dict[str, float | int | str]:
     out: dict[str, float | int | str] = {}
     for name, value in values.items():
+        if type(value) is float and -math.inf < value < math.inf and name not in integer:
+            out[name] = value  # the common case, kept cheap: close() may encode thousands
+            continue
         if value is None:
             continue
         try:

@@ -5,7 +5,9 @@ device value. Instead of reading it to the host, as the reference does with `.it
 a `topk` of a size the host knows from the shapes (the budget at a full mask, which bounds the
 real one) and keep the first `budget` entries with a device-side comparison.
 
-- KL-Cov: the K valid tokens with the largest covariance (`topk`, deterministic).
+- KL-Cov: the K valid tokens with the largest covariance (`topk`, deterministic). On CPU, when
+  equal covariances straddle the K-th place, verl's own packed `torch.topk`, so that the tie
+  resolves as in verl (client/MATH.md, "Parity with verl").
 - Clip-Cov: min(n, #candidates) candidates uniformly at random. Every token draws a random
   31-bit key from the caller's `torch.Generator` (two per 64-bit draw: on CPU a draw costs
   more than any other pass of the loss); the n candidates with the largest keys are a uniformly
@@ -33,14 +35,15 @@ import torch.distributed as dist
 from torch import Tensor
 
 from client.batch import Batch
-from client.covariance import Centred, Scope, centred, is_global
+from client.covariance import COVARIANCE_DTYPE, Centred, Scope, centred, is_global
 from client.topk import top_k
 
 _NEVER = -(1 << 31)  # Clip-Cov key of a non-candidate: below every (odd) int32 key
 _M31 = (1 << 31) - 1
 _HASH_MULT = 0x45D9F3B  # < 2**27: products of 31-bit values stay below 2**58, no overflow
 _KEY_NEVER = (1 << 62) + 1  # above every 62-bit hash key
-_LOWEST = torch.finfo(torch.float32).min  # KL-Cov score of masked tokens
+_LOWEST = torch.finfo(torch.float32).min  # KL-Cov score of valid tokens of covariance -inf
+_NEG_INF_BITS = -8388608  # 0xFF800000: float32 -inf as int32
 
 
 @dataclass(frozen=True)
@@ -90,16 +93,64 @@ def kl_cov_selection(
     c = centred(batch, scope)
     K = budget(kl_cov_ratio, c.n)
     valid = batch.valid.view(-1)  # N
-    # Masked tokens score the lowest float (a multiply-add is cheaper than a `where`).
-    score = (batch.keep.view(-1) - 1.0).mul_(-_LOWEST).add_(c.cov.view(-1))  # N
+    score = kl_cov_score(c.cov, batch)  # N
     if is_global(scope):
         k = static_budget(kl_cov_ratio, int(c.n.item()))  # the one host read of global scope
         picked = _global_top(score, valid, k, K, largest=True)
         return Selection(picked.view_as(batch.valid), batch.valid, K), c._replace(score=score)
-    top = top_k(score, static_budget(kl_cov_ratio, score.numel()))
-    picked, count = _first_eligible(top[1], valid, K)
-    selection = Selection(picked.view_as(batch.valid), batch.valid, K, count)
+    k = static_budget(kl_cov_ratio, score.numel())
+    # One entry past the largest budget: the (K+1)-th score tells whether the top K is unique.
+    top = top_k(score, min(k + 1, score.numel()))
+    if score.device.type == "cpu" and kl_cov_ratio > 0 and not _unique_top(top[0], K):
+        picked = _verl_kl_cov_top(batch, kl_cov_ratio)  # equal scores at the K-th: verl's choice
+        selection = Selection(picked.view_as(batch.valid), batch.valid, K)
+    else:
+        first, count = _first_eligible(top[1][:k], valid, K)
+        selection = Selection(first.view_as(batch.valid), batch.valid, K, count)
     return selection, c._replace(score=score, top=top)
+
+
+def kl_cov_score(cov: Tensor, batch: Batch) -> Tensor:
+    """KL-Cov's ranking score, N: the covariance, -inf at masked tokens and the lowest float at
+    valid ones whose covariance is -inf, so that every valid token ranks above every masked
+    one (verl ranks the valid tokens alone); NaN stays (ranked first, as `torch.topk` does)."""
+    score = cov.reshape(-1).clamp_min(_LOWEST)  # N; clamp keeps NaN
+    if batch.keep_bits is None:
+        return score.masked_fill_(~batch.valid.view(-1), -torch.inf)
+    # A bitwise OR with -inf's bits where masked (where the covariance is +0.0, all bits
+    # clear): a plain integer pass, cheaper than masked_fill on CPU.
+    inf_bits = batch.keep_bits.view(-1).bitwise_not().bitwise_and_(_NEG_INF_BITS)
+    return score.view(torch.int32).bitwise_or_(inf_bits).view(torch.float32)
+
+
+def _unique_top(values: Tensor, K: Tensor) -> bool:
+    """Whether the K largest scores are one set whatever the order of equal ones: the K-th
+    largest is above the (K+1)-th (NaN compares false: not unique). `values`: sorted
+    descending, one past the largest budget. Reads one boolean: CPU only (no device there)."""
+    if values.numel() == 0:
+        return True
+    at = torch.stack([K - 1, K]).clamp_(0, values.numel() - 1)
+    kth, next_ = values.index_select(0, at).unbind()
+    # Past the end (K equal to the number of tokens): nothing is left out, one set.
+    return torch.is_nonzero((kth > next_) | (values.numel() <= K) | (K == 0))
+
+
+def _verl_kl_cov_top(batch: Batch, kl_cov_ratio: float) -> Tensor:
+    """verl's own selection, step by step (verl 0.9.1 `compute_policy_loss_kl_cov`): the valid
+    tokens packed in row-major order, their covariance from the packed tokens' means, and
+    `torch.topk` of the packed covariance, so that equal covariances resolve as verl's CPU
+    `topk` resolves them. In float32 (client/covariance.py). Mask of the picked tokens, N."""
+    valid = batch.valid.view(-1)
+    at = torch.nonzero(valid).view(-1)  # positions of the valid tokens, row-major
+    adv = batch.advantages.reshape(-1).index_select(0, at).to(COVARIANCE_DTYPE)
+    lp = batch.log_prob.detach().reshape(-1).index_select(0, at).to(COVARIANCE_DTYPE)
+    picked = torch.zeros_like(valid)
+    n = at.numel()  # a shape: on CPU nothing to wait for
+    if n == 0:
+        return picked
+    cov = (adv - adv.mean()) * (lp - lp.mean())
+    K = max(1, int(n * kl_cov_ratio))
+    return picked.index_fill_(0, at[torch.topk(cov, K, largest=True).indices], True)
 
 
 @torch.no_grad()

@@ -35,12 +35,28 @@ class SpoolError(EntmonError):
     """The spool file cannot be used (held by another process, not a spool, unwritable)."""
 
 
+class SpoolWriteError(SpoolError):
+    """An append failed part-way (disk full, I/O error): the file was cut back to its last whole
+    report; the first `written` lines of the batch are on disk, the rest are not."""
+
+    def __init__(self, message: str, written: int) -> None:
+        super().__init__(message)
+        self.written = written
+
+
 def default_spool_dir() -> Path:
     return Path(os.environ.get(SPOOL_DIR_ENV) or Path.home() / ".entmon" / "spool")
 
 
 def spool_path(spool_dir: str | os.PathLike[str], run: str, rank: int) -> Path:
     return Path(spool_dir) / f"{run}.rank{rank}.jsonl"
+
+
+def dead_letter_path(spool: str | os.PathLike[str]) -> Path:
+    """Where reports the monitor keeps refusing are set aside: beside the spool, in the same
+    format (`entmon replay` sends them once the monitor is fixed)."""
+    path = Path(spool)
+    return path.with_name(path.name.removesuffix(".jsonl") + ".dead.jsonl")
 
 
 def _sync(fd: int) -> None:
@@ -117,7 +133,10 @@ class Spool:
                 raise SpoolError(f"{self.path} is empty: nothing to replay")
             fresh = {"entmon_spool": SPOOL_FORMAT, "run": self.run, "rank": self.rank}
             self._size = 0
-            self._write(json.dumps(fresh, separators=(",", ":")).encode() + b"\n")
+            try:
+                self._write(json.dumps(fresh, separators=(",", ":")).encode() + b"\n")
+            except _TornWrite as e:
+                raise SpoolError(f"cannot write the spool {self.path}: {e.cause}") from e.cause
             self._head = self._read = self._size
             return
         header = _parse_header(first, self.path)
@@ -160,7 +179,8 @@ class Spool:
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, lines: list[bytes]) -> int:
-        """Append whole lines and sync them to disk; returns how many fit (in order)."""
+        """Append whole lines and sync them to disk; returns how many fit (in order) under
+        `max_bytes`. Raises SpoolWriteError when the disk refuses part of them."""
         if not lines:
             return 0
         self.open()
@@ -175,16 +195,35 @@ class Spool:
             used += len(line) + 1
             fit += 1
         if fit:
-            self._write(b"".join(line + b"\n" for line in lines[:fit]))
+            try:
+                self._write(b"".join(line + b"\n" for line in lines[:fit]))
+            except _TornWrite as e:
+                raise SpoolWriteError(
+                    f"cannot write the spool {self.path}: {e.cause}", e.records
+                ) from e.cause
         return fit
 
     def _write(self, data: bytes) -> None:
+        """Write and sync `data` (whole lines). On any failure the file is cut back to its last
+        whole line, so the next append never glues a report onto a torn one."""
         assert self._fd is not None
-        view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        _sync(self._fd)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self._fd, memoryview(data)[done:])
+            _sync(self._fd)
+        except OSError as e:
+            # A partial write keeps its whole lines (when they can be synced); nothing else.
+            keep = data.rfind(b"\n", 0, done) + 1
+            try:
+                os.ftruncate(self._fd, self._size + keep)
+                _sync(self._fd)
+            except OSError:
+                keep = 0
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, self._size)
+            self._size += keep
+            raise _TornWrite(e, data.count(b"\n", 0, keep)) from e
         self._size += len(data)
 
     def _compact(self) -> None:
@@ -254,6 +293,13 @@ class Spool:
             parts.append(chunk)
             pos += len(chunk)
         return b"".join(parts)
+
+
+class _TornWrite(Exception):
+    def __init__(self, cause: OSError, records: int) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.records = records  # whole lines of the failed write kept on disk
 
 
 def _parse_header(line: bytes, path: Path) -> dict[str, Any]:

@@ -28,11 +28,18 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from monitor.embedded_redis import EmbeddedRedis
+    from pydantic import ValidationError
+
+    from monitor.embedded_redis import DataDirInUse, EmbeddedRedis
     from monitor.settings import Settings
     from monitor.workers import bind, run, serve_workers
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as e:
+        problems = "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+        print(f"entmon serve: invalid configuration: {problems}", file=sys.stderr)
+        return 2
     if not settings.auth_enabled and not _is_loopback(args.host):
         print(
             f"entmon serve: refusing to bind {args.host} with no tokens configured (open access). "
@@ -44,8 +51,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.redis_url is None:  # the embedded default, started once for every worker
         embedded = EmbeddedRedis(
             settings.data_dir / "redis", appendfsync=settings.redis_appendfsync
-        ).start()
+        )
+        try:
+            embedded.start()
+        except DataDirInUse as e:
+            print(f"entmon serve: refusing to start: {e}", file=sys.stderr)
+            return 1
+        embedded.supervise(settings.redis_restart_attempts)  # restarted here, for every worker
         os.environ["ENTMON_REDIS_URL"] = embedded.url
+        os.environ["ENTMON_EMBEDDED_STATUS_FILE"] = str(embedded.status_file)
     # uvicorn re-raises SIGTERM after its graceful shutdown; turn it into SystemExit so the
     # `finally` below still stops the embedded Redis.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

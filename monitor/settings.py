@@ -42,6 +42,23 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="runs silent this long leave /metrics (they stay queryable)"
     )
     max_body_bytes: int = Field(ONE_MIB, ge=1024)
+    max_runs: int = Field(
+        10_000,
+        ge=1,
+        description="runs the service keeps; a report that would create one more is refused "
+        "(429) until a run is deleted. Bounds what any ingest token can make the scrape cost",
+    )
+    embedded_status_file: Path | None = Field(
+        None,
+        description="set by `entmon serve` for its workers: the embedded Redis supervisor's "
+        "status, which /readyz, /healthz and /metrics report",
+    )
+    redis_restart_attempts: int = Field(
+        5,
+        ge=1,
+        description="failed restarts in a row of the embedded Redis (with back-off) before "
+        "/healthz fails, so a liveness probe restarts the service",
+    )
     opentelemetry: bool = Field(
         False,
         description="FastAPI's native OpenTelemetry spans and metrics through the globally "
@@ -64,6 +81,11 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _no_placeholders_in_production(self) -> Settings:
+        if self.environment != "development" and not self.auth_enabled:
+            raise ValueError(
+                "ENTMON_ENVIRONMENT=production needs tokens: set ENTMON_INGEST_TOKENS and "
+                "ENTMON_ADMIN_TOKENS (secrets of at least 16 characters)"
+            )
         if self.environment != "development":
             weak = [t for t in self.ingest_tokens + self.admin_tokens if _is_placeholder(t)]
             if weak:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import math
@@ -20,10 +21,15 @@ from monitor.api_models import AuditEntry, Control, StepPoint
 from monitor.merge import merge_counts, merge_stats, merge_user, with_driver
 from monitor.report_codec import StepReport, encode
 
+# The outcome of each report of an ingest (ingest.lua's flags).
+DUPLICATE, STORED, EXPIRED = 0, 1, 2
 RUNS_KEY = "entmon:runs"  # zset run -> last report time; the only key shared across runs
 INGEST_SCRIPT = files("monitor").joinpath("ingest.lua").read_text()
 CONTROL_SCRIPT = files("monitor").joinpath("control.lua").read_text()
 SAMPLE_SCRIPT = files("monitor").joinpath("sample.lua").read_text()
+SNAPSHOT_SCRIPT = files("monitor").joinpath("snapshot.lua").read_text()
+READS_IN_FLIGHT = 32  # runs `run_reads` reads at once from a cluster (each one script call)
+PIPELINE_RUNS = 500  # runs `run_reads` reads in one round trip from one Redis
 # A run's last-report time in entmon:runs (run listing, stale runs leaving /metrics) is written
 # at most this often by each process: an ingest request is then one Redis command.
 RUNS_REFRESH_S = 1.0
@@ -46,12 +52,19 @@ class RunKeys:
     meta: str
     control: str
     audit: str
+    gauges: str  # the analysis gauges of /metrics (monitor/gauges.py)
 
     @classmethod
     def of(cls, run: str) -> RunKeys:
         p = f"entmon:{{{run}}}:"
         return cls(
-            p + "index", p + "scalars", p + "details", p + "meta", p + "control", p + "audit"
+            p + "index",
+            p + "scalars",
+            p + "details",
+            p + "meta",
+            p + "control",
+            p + "audit",
+            p + "gauges",
         )
 
 
@@ -86,20 +99,31 @@ def _load_scalars(raw: str) -> dict[str, Any]:
     return doc
 
 
+class TooManyRuns(Exception):
+    """A report would create a run beyond the configured cap (ENTMON_MAX_RUNS)."""
+
+
 class Store:
-    def __init__(self, redis: Redis | RedisCluster, *, retention_steps: int) -> None:
+    def __init__(
+        self, redis: Redis | RedisCluster, *, retention_steps: int, max_runs: int | None = None
+    ) -> None:
         self.redis = redis
         self.retention_steps = retention_steps
+        self.max_runs = max_runs
         self._listed: dict[str, float] = {}  # run -> when this process last wrote entmon:runs
         self._ingest = redis.register_script(INGEST_SCRIPT)
         self._set_control = redis.register_script(CONTROL_SCRIPT)
         self._sample = redis.register_script(SAMPLE_SCRIPT)
+        self._snapshot = redis.register_script(SNAPSHOT_SCRIPT)
 
-    async def ingest(self, run: str, reports: list[StepReport]) -> tuple[list[bool], Control]:
+    async def ingest(self, run: str, reports: list[StepReport]) -> tuple[list[int], Control]:
         """Store reports and read the run's control in one script call: one command per
-        request. Per report True if new, False if (rank, step) was already stored."""
+        request. Per report STORED, DUPLICATE ((rank, step) already stored) or EXPIRED (older
+        than the retention window: not stored)."""
         k = RunKeys.of(run)
         now = time.time()
+        if self.max_runs is not None and run not in self._listed:
+            await self._check_room(run)
         args: list[Any] = [now, self.retention_steps]
         for r in reports:
             s = r.stats
@@ -115,7 +139,19 @@ class Store:
             if len(self._listed) >= LISTED_MAX:  # run names come from clients: stay bounded
                 self._listed.clear()
             self._listed[run] = now
-        return [bool(f) for f in flags], _control(control)
+        return [int(f) for f in flags], _control(control)
+
+    async def _check_room(self, run: str) -> None:
+        """Refuse a new run beyond max_runs. Asked once per run and process (then the run is
+        in `_listed`); runs created at the same moment by several processes may pass it by a
+        few."""
+        assert self.max_runs is not None
+        new = await self.redis.zscore(RUNS_KEY, run) is None
+        if new and int(await self.redis.zcard(RUNS_KEY)) >= self.max_runs:
+            raise TooManyRuns(
+                f"the service keeps at most {self.max_runs} runs (ENTMON_MAX_RUNS): delete "
+                "finished ones (DELETE /v1/runs/{run}) before starting another"
+            )
 
     # The pool decodes responses (decode_responses=True): every reply below is str.
     async def _scored(self, key: str, lo: float, hi: float) -> list[tuple[str, float]]:
@@ -279,7 +315,9 @@ class Store:
 
     async def delete_run(self, run: str) -> bool:
         k = RunKeys.of(run)
-        removed = await self.redis.delete(k.index, k.scalars, k.details, k.meta, k.control, k.audit)
+        removed = await self.redis.delete(
+            k.index, k.scalars, k.details, k.meta, k.control, k.audit, k.gauges
+        )
         removed += await self.redis.zrem(RUNS_KEY, run)
         return bool(removed)
 
@@ -315,8 +353,87 @@ class Store:
         ]
         return sorted(tokens, key=lambda t: _descending(float(t["cov"])))
 
+    async def write_gauges(self, run: str, fields: dict[str, str]) -> None:
+        await self.redis.hset(RunKeys.of(run).gauges, mapping=cast(Any, fields))
+
+    async def run_reads(
+        self, runs: list[str], *, details: bool, ranks: bool
+    ) -> list[RunRead | None]:
+        """What /metrics and the run list need of each run, one script call per run
+        (snapshot.lua), pipelined (a cluster: READS_IN_FLIGHT at once): the cost grows with the
+        number of runs, not with their length. None for a run without meta (deleted meanwhile)."""
+        args = [int(details), DRIVER_LAG_STEPS, RANK_SCAN_STEPS, RANK_SCAN_MAX, int(ranks)]
+
+        def keys(run: str) -> list[str]:
+            k = RunKeys.of(run)
+            return [k.index, k.scalars, k.details, k.meta, k.control, k.gauges]
+
+        if isinstance(self.redis, RedisCluster):  # slots on several nodes: concurrent calls
+            gate = asyncio.Semaphore(READS_IN_FLIGHT)
+
+            async def one(run: str) -> list[Any]:
+                async with gate:
+                    return cast(list[Any], await self._snapshot(keys=keys(run), args=args))
+
+            replies = list(await asyncio.gather(*(one(run) for run in runs)))
+        else:  # one round trip per PIPELINE_RUNS runs
+            replies = []
+            for lo in range(0, len(runs), PIPELINE_RUNS):
+                pipe = self.redis.pipeline(transaction=False)
+                for run in runs[lo : lo + PIPELINE_RUNS]:
+                    await self._snapshot(keys=keys(run), args=args, client=pipe)
+                replies += await pipe.execute()
+        return [_run_read(run, reply) for run, reply in zip(runs, replies, strict=True)]
+
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+
+@dataclass(frozen=True)
+class RunRead:
+    """One run as snapshot.lua reads it."""
+
+    run: str
+    meta: dict[str, str]
+    control: Control
+    gauges: dict[str, str]
+    first_step: int | None
+    latest: StepPoint | None
+    histograms: dict[str, dict[str, Any]]  # of the latest step, added over ranks
+    ranks: list[dict[str, Any]]  # each rank's latest report, as rank_status
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _run_read(run: str, reply: list[Any]) -> RunRead | None:
+    meta_flat, control, gauges_flat, first, latest_docs, detail_docs, rank_docs = reply
+    meta = _pairs(meta_flat)
+    if not meta:
+        return None
+    docs = [_load_scalars(raw) for raw in latest_docs if raw is not None]
+    by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for raw in detail_docs:
+        if raw is not None:
+            for name, h in json.loads(raw)["histograms"].items():
+                by_name[name].append(h)
+    ranks: dict[int, dict[str, Any]] = {}
+    for field, raw in zip(*rank_docs, strict=True) if rank_docs else ():
+        rank = int(field.rpartition(":")[2])  # newest first: only each rank's first is read
+        if raw is not None and rank not in ranks:
+            doc = json.loads(raw)
+            ranks[rank] = {key: doc.get(key) for key in ("rank", "step", "control_version", "time")}
+    return RunRead(
+        run=run,
+        meta=meta,
+        control=_control(control),
+        gauges=_pairs(gauges_flat),
+        first_step=int(float(first)) if first is not None else None,
+        latest=_merge_step(docs) if docs else None,
+        histograms={n: m for n, hs in by_name.items() if (m := merge_counts(hs))},
+        ranks=[ranks[r] for r in sorted(ranks)],
+    )
 
 
 def _descending(x: float) -> float:

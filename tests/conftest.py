@@ -18,6 +18,8 @@ from playwright.sync_api import Page, sync_playwright
 from monitor.embedded_redis import EmbeddedRedis, free_port
 
 SERVER_START_TIMEOUT_S = 30.0
+# Without tokens the service serves loopback Host headers only (monitor/auth.py).
+LOCAL = "http://127.0.0.1"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

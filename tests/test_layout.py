@@ -143,6 +143,7 @@ KNOB_MEANING = {
     "client/integrations/verl.py",
     "monitor/analysis/health.py",
     "monitor/thermostat/law.py",  # which knobs the thermostat may drive, their sign and range
+    "dashboard/preview.py",  # what a setting would select: the selection rules, estimated
     "entmon/demo/stack.py",  # the demo sets the toy's ratios and switches the loss mode
     "entmon/demo/toy.py",
 }

@@ -47,6 +47,7 @@ except ImportError as e:  # pragma: no cover - the extra is installed wherever t
 
 __all__ = [
     "SUPPORTED_TRL",
+    "TRL_ENTROPY",
     "EntmonGRPOTrainer",
     "TrlConfigError",
     "aggregation",
@@ -56,7 +57,11 @@ __all__ = [
 
 SUPPORTED_TRL = (Version("1.16"), Version("1.17"))  # [low, high): pyproject's `trl` extra
 # TRL's clipped-ratio objectives whose aggregation `aggregation` reproduces.
-_PPO_CLIP_LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo")
+# ("luspo" is PPO-clipped too: with per-token importance weights, which entmon requires, it is
+# TRL's clipped loss with a sum over each completion's tokens, then a mean over completions.)
+_PPO_CLIP_LOSS_TYPES = ("dapo", "bnpo", "grpo", "dr_grpo", "luspo")
+# The user scalar carrying TRL's `entropy` log entry: the mean of the micro-batches' token means.
+TRL_ENTROPY = "trl_entropy"
 # Inputs TRL's forward takes from the batch besides ids and masks (multimodal models).
 _MODEL_INPUTS = (
     "pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask", "spatial_shapes",
@@ -114,7 +119,8 @@ def aggregation(
     mean; "dr_grpo": sum / (B * max_completion_length); each divided by `accumulation` (TRL's
     `current_gradient_accumulation_steps` in training, 1 in evaluation). "dapo": sum /
     `window_tokens`, TRL's estimate of one process's valid tokens in the whole accumulation
-    window (it already spans the window: no further division).
+    window (it already spans the window: no further division). "luspo": mean over completions
+    of each one's token sum, divided by `accumulation`.
     """
     B = mask.shape[0]  # completions in the micro-batch
     if loss_type == "dapo":
@@ -132,6 +138,8 @@ def aggregation(
             raise ValueError('loss_type "dr_grpo" needs max_completion_length')
         constant = B * max_completion_length
         return lambda per_token: per_token.sum() / constant / accumulation
+    if loss_type == "luspo":  # each completion weighted by its length
+        return lambda per_token: per_token.sum(-1).mean() / accumulation
     raise ValueError(f"no aggregation for loss_type {loss_type!r}")
 
 
@@ -210,6 +218,8 @@ class EntmonGRPOTrainer(GRPOTrainer):
                 "override uses GRPOTrainer internals that may have changed",
             )
         self._reward: float | None = None  # of the rollout the current step trains on
+        # Each training micro-batch's token-mean entropy, as TRL logs it (device tensors).
+        self._entropy_means: list[Tensor] = []
         self.add_callback(_StepReporter(self))
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
@@ -221,8 +231,18 @@ class EntmonGRPOTrainer(GRPOTrainer):
 
     def report_step(self, step: int) -> None:
         """End optimizer step `step` in the monitor (called on every rank; never raises)."""
-        scalars = {} if self._reward is None else {"reward": self._reward}
-        self.monitor.log(step, **scalars)
+        self.monitor.log(step, **self._step_scalars())
+
+    def _step_scalars(self) -> dict[str, Any]:
+        """The step's user scalars, and a fresh start for the next step's: the reward, and
+        TRL's `entropy` log entry (the mean of the micro-batches' token means; entmon's own
+        `entropy` statistic is the token mean over the step). A 0-d device tensor: the
+        reporter thread reads it, not the training loop."""
+        scalars: dict[str, Any] = {} if self._reward is None else {"reward": self._reward}
+        if self._entropy_means:
+            scalars[TRL_ENTROPY] = torch.stack(self._entropy_means).double().mean()
+            self._entropy_means = []
+        return scalars
 
     def _generate_and_score_completions(self, inputs: Any) -> Any:
         output = super()._generate_and_score_completions(inputs)
@@ -267,6 +287,10 @@ class EntmonGRPOTrainer(GRPOTrainer):
                 log_prob, old_log_prob, advantages, mask, entropy=entropy,
                 token_ids=completion_ids, aggregate=aggregate,
             )  # fmt: skip
+            # TRL's `entropy`: this micro-batch's masked mean, computed as TRL computes it.
+            with torch.no_grad():
+                count = mask.sum().float().clamp(min=1.0)
+                self._entropy_means.append((entropy.detach() * mask).sum() / count)
         else:  # evaluation: the same loss, kept out of the training step's statistics
             per_token, _ = policy_token_losses(log_prob, old_log_prob, advantages, mask, control)
             loss = aggregate(per_token)

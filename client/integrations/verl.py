@@ -12,7 +12,8 @@ imports it in each of its processes through the `verl.plugins` entry point that 
 The loss is `client.losses.policy_token_losses` under the Monitor's current control (loss_mode
 and every knob: verl's own config objects are frozen and say nothing of them), aggregated with
 verl's own `agg_loss` for the config's `loss_agg_mode` and global batch, after verl's rollout
-importance weights, exactly as verl's built-in `clip_cov` / `kl_cov` / `vanilla` do.
+importance weights, exactly as verl's built-in `clip_cov` / `kl_cov` / `vanilla` do; the vanilla
+loss dual-clips at the config's `clip_ratio_c`, as verl's does.
 
 The Monitor: one per actor process, from `attach(monitor)` or, at the first call, created from
 ENTMON_RUN (with ENTMON_URL and ENTMON_TOKEN, which `Monitor` reads itself). verl gives a
@@ -46,6 +47,7 @@ from client.integrations.verl_env import (
     parse_int,
 )
 from client.log_once import LogOnce
+from client.losses import DEFAULT_CLIP_RATIO_C
 from client.monitor import Monitor
 
 try:
@@ -171,6 +173,14 @@ def _from_environment(config: Any) -> _Binding:
     return _Binding(monitor, updates_per_step=updates_per_step, first_step=first_step)
 
 
+def _clip_ratio_c(config: Any) -> float:
+    """verl's `actor.clip_ratio_c`, the dual-clip bound of its vanilla loss (verl 0.9.1 default
+    3.0), which entmon's vanilla loss applies with verl's formula; Clip-Cov and KL-Cov have no
+    dual clip in verl, nor in entmon. A value verl would reject fails the same way, loudly."""
+    value = getattr(config, "clip_ratio_c", None)
+    return DEFAULT_CLIP_RATIO_C if value is None else float(value)
+
+
 def _verl_metrics(control: Control, stats: Mapping[str, Tensor]) -> dict[str, Any]:
     """verl's metric names with their meaning under verl's built-in mode of the same name, so its
     dashboards keep working; 0-d device tensors (verl reads them) and the control version."""
@@ -213,8 +223,9 @@ def compute_policy_loss_entmon(
 
     control = binding.monitor.control  # the one this call uses; log() below may switch it
     loss, stats = binding.monitor.policy_loss(
-        log_prob, old_log_prob, advantages, response_mask, aggregate=aggregate
-    )
+        log_prob, old_log_prob, advantages, response_mask, aggregate=aggregate,
+        clip_ratio_c=_clip_ratio_c(config),
+    )  # fmt: skip
     metrics = _verl_metrics(control, stats)
     try:
         binding.after_micro_batch(log_prob.shape[0], batch_info)

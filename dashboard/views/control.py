@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 import streamlit as st
 
-from dashboard import api, session
+from dashboard import api, preview, session
 from entmon.wire.knobs import KNOBS, NUMERIC_KNOBS, Knob
 
+SILENT_AFTER_S = 60.0  # a run quiet this long is warned about: its ranks apply nothing until back
 OPEN_BOUND_MARGIN = 1e-6  # the least a knob with an open lower bound (clip ratios > 0) may take
 
 
@@ -45,8 +47,9 @@ def _conflicts() -> dict[str, api.ControlResult]:
     return conflicts
 
 
-def knob_form(run: str, control: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
-    """The form; returns (knobs, reason) when the user pressed Apply."""
+def knob_form(run: str, control: dict[str, Any]) -> tuple[dict[str, Any], str, bool] | None:
+    """The form; returns (knobs, reason, apply) when the user pressed Apply (apply True) or
+    Preview (False)."""
     with st.form(f"control-{run}-v{control['version']}"):  # a reload starts a fresh form
         knobs: dict[str, Any] = {
             k.name: st.selectbox(k.label, k.choices, index=k.choices.index(control[k.name]))
@@ -60,9 +63,40 @@ def knob_form(run: str, control: dict[str, Any]) -> tuple[dict[str, Any], str] |
                 step=k.step, format=k.fmt, help=k.help, key=f"{run}-{control['version']}-{k.name}",
             )  # fmt: skip
         reason = st.text_input("Reason (kept in the audit log)", key=f"{run}-reason")
-        if st.form_submit_button("Apply", type="primary"):
-            return knobs, reason
+        apply, left = st.columns([1, 4])
+        if apply.form_submit_button("Apply", type="primary"):
+            return knobs, reason, True
+        if left.form_submit_button("Preview on the latest step"):
+            return knobs, reason, False
     return None
+
+
+def show_preview(http: Any, run: str, knobs: dict[str, Any]) -> None:
+    """What the entered knobs would have touched on the latest step, before applying them."""
+    try:
+        latest = api.get_run(http, run).get("latest") or {}
+        covariance = api.get_histograms(http, run, "covariance", max_points=2)
+    except api.ApiError as e:
+        st.error(str(e))
+        return
+    result = preview.preview(knobs, latest, covariance)
+    if result is None:
+        st.info("No step with a token count yet: nothing to preview on.")
+    else:
+        st.info(result.sentence(knobs["loss_mode"]) + " Not applied yet: press Apply.")
+
+
+def _warn_if_silent(http: Any, run: str) -> None:
+    try:
+        last = api.get_run(http, run).get("last_report_time")
+    except api.ApiError:
+        return  # the page says so where it reads the control
+    quiet = None if last is None else time.time() - last
+    if quiet is not None and quiet > SILENT_AFTER_S:
+        st.warning(
+            f"{run} has not reported for {quiet:.0f} s: a change is stored now but its ranks "
+            "apply it only at their next step, if the run is still training."
+        )
 
 
 def render() -> None:
@@ -75,13 +109,16 @@ def render() -> None:
         loaded[run] = api.get_control(http, run)
     control = loaded[run]
     st.caption(f"Editing control version {control['version']} of {run}.")
+    _warn_if_silent(http, run)
     applied = st.session_state.pop("control_applied", None)
     if applied is not None:
         st.success(applied)
 
     submitted = knob_form(run, control)
-    if submitted is not None:
-        knobs, reason = submitted
+    if submitted is not None and not submitted[2]:
+        show_preview(http, run, submitted[0])
+    elif submitted is not None:
+        knobs, reason, _ = submitted
         try:
             result = api.put_control(
                 http, run, version=control["version"], knobs=knobs, reason=reason

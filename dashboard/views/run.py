@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import api, charts, session
+from dashboard import api, charts, session, versions
 
 # The statistics the run view draws: the API sends only these.
 CHARTED = ("entropy", "reward", "cov_mean", "detached", "penalised", "candidates")
@@ -128,6 +128,7 @@ def render() -> None:
         )
         right.plotly_chart(charts.law(steps, (analysis or {}).get("law")), key="law-chart")
         right.caption(law_caption(analysis))
+
         try:
             histograms = {h: api.get_histograms(http, name, h) for h in ("covariance", "entropy")}
             tokens = api.get_top_tokens(http, name)
@@ -156,5 +157,10 @@ def render() -> None:
             st.dataframe(tokens, hide_index=True, key="top-tokens")
         else:
             st.caption("No top tokens reported for the latest step.")
+        changes_table = versions.before_after(steps)
+        if changes_table:
+            st.subheader("Control changes: before and after")
+            st.caption("Entropy slope and reward over the same number of steps on each side")
+            st.dataframe(changes_table, hide_index=True, key="version-changes")
 
     live()

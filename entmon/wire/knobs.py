@@ -69,9 +69,9 @@ class Knob:
 
     def interval(self) -> str:
         """The valid range as text, e.g. "[0.0, 1.0]" or "(0.0, 10.0]"."""
-        left = f"[{self.lo!r}" if self.lo is not None and not self.lo_open else f"({self.lo!r}"
-        right = f"{self.hi!r}]" if self.hi is not None else "inf)"
-        return f"{left.replace('None', '-inf')}, {right}"
+        left = "(-inf" if self.lo is None else f"{'(' if self.lo_open else '['}{self.lo!r}"
+        right = "inf)" if self.hi is None else f"{self.hi!r}]"
+        return f"{left}, {right}"
 
 
 KNOBS: tuple[Knob, ...] = (

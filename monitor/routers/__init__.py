@@ -11,7 +11,11 @@ from monitor.api_models import ErrorDetail
 # Documented on every /v1 route: what auth and a Redis outage can answer.
 COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorDetail, "description": "missing or unknown bearer token"},
-    403: {"model": ErrorDetail, "description": "the token's role may not do this"},
+    403: {
+        "model": ErrorDetail,
+        "description": "the token's role may not do this; with no tokens, a Host not loopback",
+    },
+    415: {"model": ErrorDetail, "description": "with no tokens, a body not sent as JSON"},
     503: {"model": ErrorDetail, "description": "Redis unavailable; retry after Retry-After"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {

@@ -2,17 +2,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from monitor.api_models import IngestResponse
+from monitor.api_models import ErrorDetail, IngestResponse
 from monitor.auth import Role, authenticate
 from monitor.deps import RunPath
-from monitor.metrics import REPORTS_INGESTED
+from monitor.metrics import REPORTS_INGESTED, REPORTS_REJECTED
 from monitor.report_codec import ReportError, body_json_schema, decode_reports
 from monitor.routers import COMMON_RESPONSES
 from monitor.settings import Settings
-from monitor.store import Store
+from monitor.store import DUPLICATE, EXPIRED, STORED, Store, TooManyRuns
 
 router = APIRouter(prefix="/v1/runs", tags=["reports"], responses=COMMON_RESPONSES)
 
@@ -27,7 +27,12 @@ REPORT_BODY_OPENAPI: dict[str, Any] = {
 # The hot path, so leaner than the other routes: settings, store and the token are read here
 # rather than through FastAPI dependencies, and the answer is serialised once, not validated
 # again; together about a third of a single report's CPU (bench/bench_ingest.py).
-@router.post("/{run}/reports", response_model=IngestResponse, openapi_extra=REPORT_BODY_OPENAPI)
+@router.post(
+    "/{run}/reports",
+    response_model=IngestResponse,
+    openapi_extra=REPORT_BODY_OPENAPI,
+    responses={429: {"model": ErrorDetail, "description": "a new run beyond ENTMON_MAX_RUNS"}},
+)
 async def ingest(run: RunPath, request: Request) -> Response:
     """Store one step report or a batch. Idempotent per (run, rank, step): a report already
     stored is acknowledged as a duplicate and left untouched. Answers the run's control."""
@@ -39,16 +44,32 @@ async def ingest(run: RunPath, request: Request) -> Response:
     except ReportError as e:
         raise RequestValidationError([{"type": "value_error", "loc": e.loc, "msg": str(e)}]) from e
     if reports:
-        flags, control = await store.ingest(run, reports)
+        try:
+            flags, control = await store.ingest(run, reports)
+        except TooManyRuns as e:
+            REPORTS_REJECTED.labels("too_many_runs").inc()
+            raise HTTPException(429, str(e)) from None
     else:  # an empty batch must not create a run
         flags, control = [], await store.control(run)
-    accepted = sum(flags)
+    accepted, expired = flags.count(STORED), flags.count(EXPIRED)
+    if accepted:
+        request.app.state.gauges.note(run)  # its analysis gauges, off this request's path
     REPORTS_INGESTED.labels("accepted").inc(accepted)
-    REPORTS_INGESTED.labels("duplicate").inc(len(flags) - accepted)
-    nonfinite = sorted({f"step {r.step}: {name}" for r in reports for name in r.nonfinite_fields()})
+    REPORTS_INGESTED.labels("duplicate").inc(flags.count(DUPLICATE))
+    REPORTS_INGESTED.labels("expired").inc(expired)
+    # Only what was stored: a duplicate's copy was discarded, its NaN is not the run's.
+    nonfinite = sorted(
+        {
+            f"step {r.step}: {name}"
+            for r, flag in zip(reports, flags, strict=True)
+            if flag == STORED
+            for name in r.nonfinite_fields()
+        }
+    )
     answer = IngestResponse(
         accepted=accepted,
-        duplicates=len(flags) - accepted,
+        duplicates=flags.count(DUPLICATE),
+        expired=expired,
         nonfinite=nonfinite,
         control=control,
     )

@@ -16,39 +16,42 @@ from monitor.api_models import (
     TopTokensResponse,
 )
 from monitor.deps import Admin, ExistingRun, Ingest, RunPath, StoreDep, run_not_found
+from monitor.report_codec import MAX_STEP
 from monitor.routers import COMMON_RESPONSES, MAX_POINTS_LIMIT, NOT_FOUND
-from monitor.store import Store
+from monitor.store import RunRead
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=COMMON_RESPONSES | NOT_FOUND)
 _STAT = "|".join(STAT_NAMES)
 STATS_PATTERN = f"^({_STAT})(,({_STAT}))*$"  # in the schema, so clients see the valid names
 
 
-async def _summary(store: Store, run: str) -> RunSummary:
-    meta = await store.meta(run)
-    if not meta:
-        raise run_not_found(run)
-    latest = await store.latest(run)
+def _summary(read: RunRead) -> RunSummary:
+    meta = read.meta
     return RunSummary(
-        run=run,
-        first_step=await store.first_step(run),
+        run=read.run,
+        first_step=read.first_step,
         last_step=int(meta["last_step"]) if "last_step" in meta else None,
         last_report_time=float(meta["last_report_time"]) if "last_report_time" in meta else None,
         reports=int(meta.get("reports", 0)),
-        latest=latest,
-        ranks=await store.rank_status(run, world_size=latest.ranks if latest else 1),
+        latest=read.latest,
+        ranks=read.ranks,  # validated into RankStatus
     )
 
 
 @router.get("")
 async def list_runs(store: StoreDep, _: Ingest) -> RunsResponse:
-    """Every run, most recently active first, with its latest merged step."""
-    return RunsResponse(runs=[await _summary(store, run) for run in await store.run_names()])
+    """Every run, most recently active first, with its latest merged step. Read concurrently,
+    one script call per run: the cost grows with the number of runs, not their length."""
+    reads = await store.run_reads(await store.run_names(), details=False, ranks=True)
+    return RunsResponse(runs=[_summary(r) for r in reads if r is not None])
 
 
 @router.get("/{run}")
 async def get_run(run: RunPath, store: StoreDep, _: Ingest) -> RunSummary:
-    return await _summary(store, run)
+    (read,) = await store.run_reads([run], details=False, ranks=True)
+    if read is None:
+        raise run_not_found(run)
+    return _summary(read)
 
 
 @router.get("/{run}/steps")
@@ -56,9 +59,13 @@ async def get_steps(
     run: RunPath,
     store: StoreDep,
     _: Ingest,
-    start: Annotated[int | None, Query(ge=0, description="first step, inclusive")] = None,
-    end: Annotated[int | None, Query(ge=0, description="last step, inclusive")] = None,
-    every: Annotated[int | None, Query(ge=1, description="keep every n-th step")] = None,
+    start: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="first step, inclusive")
+    ] = None,
+    end: Annotated[int | None, Query(ge=0, le=MAX_STEP, description="last step, inclusive")] = None,
+    every: Annotated[
+        int | None, Query(ge=1, le=MAX_STEP, description="keep every n-th step")
+    ] = None,
     max_points: Annotated[
         int | None, Query(ge=2, le=MAX_POINTS_LIMIT, description="downsample to at most this many")
     ] = None,
@@ -87,9 +94,9 @@ async def get_histograms(
     store: StoreDep,
     _: Ingest,
     name: Annotated[Literal["entropy", "covariance"], Query(description="which histogram")],
-    start: Annotated[int | None, Query(ge=0)] = None,
-    end: Annotated[int | None, Query(ge=0)] = None,
-    every: Annotated[int | None, Query(ge=1)] = None,
+    start: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
+    end: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
+    every: Annotated[int | None, Query(ge=1, le=MAX_STEP)] = None,
     max_points: Annotated[int | None, Query(ge=2, le=MAX_POINTS_LIMIT)] = None,
 ) -> HistogramSeries:
     """One histogram per step, counts added over ranks, on its fixed layout."""
@@ -113,7 +120,9 @@ async def get_top_tokens(
     run: ExistingRun,
     store: StoreDep,
     _: Ingest,
-    step: Annotated[int | None, Query(ge=0, description="default: the latest step")] = None,
+    step: Annotated[
+        int | None, Query(ge=0, le=MAX_STEP, description="default: the latest step")
+    ] = None,
 ) -> TopTokensResponse:
     """The highest-covariance tokens the ranks sent for one step."""
     if step is None:

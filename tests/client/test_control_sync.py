@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -115,21 +115,37 @@ def log_until(mon: Monitor, stub: StubMonitor, reports: int, start: int = 0) -> 
     return step + 1
 
 
+def log_while(mon: Monitor, waiting: Callable[[], bool], what: str, start: int) -> int:
+    """Log steps until `waiting()` turns false: the state, not the time, ends the wait."""
+    step = start
+    deadline = time.monotonic() + 60
+    while waiting():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        mon.log(step, entropy=1.0)
+        step += 1
+        time.sleep(0.01)
+    return step
+
+
 def test_a_monitor_sending_an_unknown_field_is_ignored_with_one_logged_error(
     stub: StubMonitor, caplog: pytest.LogCaptureFixture
 ) -> None:
     stub.control = {**GOOD, "temperature": 0.7}
+
+    def errors() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+
     with (
         caplog.at_level(logging.INFO, logger="client"),
         Monitor(run="stub", url=stub.url, config=FAST) as mon,
     ):
-        step = log_until(mon, stub, 10)
+        step = log_while(mon, lambda: not errors(), "the bad control to be judged", 0)
+        step = log_until(mon, stub, stub.reports + 5, step)  # it keeps coming: still ignored
         assert mon.control == Control()  # the defaults stay
-        stub.control = GOOD  # the monitor is fixed: the next boundary takes it
-        log_until(mon, stub, stub.reports + 5, step)
-        assert mon.control == Control.from_wire(GOOD)
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "temperature: unknown field" in errors[0]
+        stub.control = GOOD  # the monitor is fixed: a later boundary takes it
+        log_while(mon, lambda: mon.control != Control.from_wire(GOOD), "the fixed control", step)
+    assert len(errors()) == 1 and "temperature: unknown field" in errors()[0]
 
 
 def test_only_rank_zero_logs(stub: StubMonitor, caplog: pytest.LogCaptureFixture) -> None:

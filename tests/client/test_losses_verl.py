@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -9,8 +10,11 @@ import torch
 from verl.trainer.ppo import core_algos
 from verl.workers.config import ActorConfig, PolicyLossConfig
 
+from client import selection
 from client.control import Control
+from client.covariance import COVARIANCE_DTYPE
 from client.losses import Selection, clip_cov_loss, policy_loss, select_tokens
+from client.stats import StepAccumulator
 
 SHAPES = [(1, 7), (4, 50), (8, 300), (16, 1024)]
 
@@ -178,3 +182,106 @@ def test_clip_cov_same_selection_distribution(shape: tuple[int, int]) -> None:
     for hits in (ours_hits, verl_hits):
         assert ((hits[candidates] - draws * p).abs() < 5 * sigma + 1).all()
         assert int(hits[~candidates].sum()) == 0
+
+
+def grpo_ties(seed: int) -> tuple[torch.Tensor, ...]:
+    """A GRPO-like batch full of equal covariances: advantages +-1 per completion, log-probs
+    from a few values (0.0: confident tokens), right padding."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = 6, 12
+    lp = torch.tensor([0.0, -0.5, -1.0, -2.0])[torch.randint(0, 4, (B, T), generator=g)]
+    old = lp + torch.tensor([0.0, 0.25, -0.5])[torch.randint(0, 3, (B, T), generator=g)]
+    adv = torch.tensor([1.0, -1.0])[torch.randint(0, 2, (B, 1), generator=g)].expand(B, T)
+    lengths = torch.randint(1, T + 1, (B, 1), generator=g)
+    return lp, old, adv.contiguous(), (torch.arange(T) < lengths).float()
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3])
+def test_kl_cov_chooses_among_equal_covariances_as_verl_does(ratio: float) -> None:
+    c = Control(loss_mode="kl_cov", kl_cov_ratio=ratio, ppo_kl_coef=1.0)
+    for seed in range(40):
+        lp, old, adv, mask = grpo_ties(seed)
+        v_loss, v_grad, _ = verl_loss(c, lp, old, adv, mask)
+        o_loss, o_grad, _ = ours(c, lp, old, adv, mask)
+        assert torch.equal(o_loss, v_loss), seed
+        assert torch.equal(o_grad, v_grad), seed
+
+
+@pytest.mark.parametrize("exact_path", [True, False])
+def test_kl_cov_spends_no_budget_on_padding_when_a_covariance_is_minus_inf(
+    exact_path: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not exact_path:  # the device's path (no host read: no fallback to verl's own steps)
+        monkeypatch.setattr(selection, "_unique_top", lambda values, K: True)
+    lp = torch.tensor([[-math.inf, -1.0, -2.0, -0.5, -0.7]])
+    old = torch.tensor([[-1.0, -1.1, -2.2, -0.4, -0.7]])
+    adv = torch.tensor([[1.0, -1.0, -1.0, 1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])  # the last token is padding
+    c = Control(loss_mode="kl_cov", kl_cov_ratio=1.0, ppo_kl_coef=1.0)
+    _, v_grad, _ = verl_loss(c, lp, old, adv, mask)
+    _, o_grad, s = ours(c, lp, old, adv, mask)
+    assert int(s.penalised) == 4  # all four valid tokens, as verl
+    torch.testing.assert_close(o_grad, v_grad, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "clip_cov", "kl_cov"])
+def test_any_stride_gives_the_row_major_result(mode: str) -> None:
+    lp, old, adv, mask = make(11, 6, 4)
+    c = Control(loss_mode=mode, clip_cov_ratio=0.5, clip_cov_lb=-10.0, kl_cov_ratio=0.3)
+
+    def column_major(t: torch.Tensor) -> torch.Tensor:
+        return t.t().contiguous().t()  # same values, transposed storage
+
+    want_loss, want_grad, _ = ours(c, lp, old, adv, mask, generator=torch.Generator())
+    for strided in (
+        (lp, old, adv, column_major(mask.bool())),
+        tuple(column_major(t) for t in (lp, old, adv, mask)),
+        (lp, old, adv[:, :1].expand(6, 4), mask),  # stride 0 along the row
+    ):
+        got_loss, got_grad, _ = ours(c, *strided, generator=torch.Generator())
+        assert torch.equal(got_loss, want_loss) and torch.equal(got_grad, want_grad)
+
+
+def test_an_overflow_at_a_detached_clip_cov_token_shows_as_nan() -> None:
+    lp, old = torch.tensor([[-0.1, -3.0]]), torch.tensor([[-100.0, -3.0]])  # ratio e^99.9: inf
+    adv, mask = torch.tensor([[-1.0, -3.0]]), torch.ones(1, 2)
+    c = Control(loss_mode="clip_cov", clip_cov_ratio=1.0, clip_cov_lb=-1e30, clip_cov_ub=1e30)
+    v_loss, _, _ = verl_loss(c, lp, old, adv, mask)
+    o_loss, _, s = ours(c, lp, old, adv, mask)
+    assert int(s.detached) == 2
+    assert math.isnan(float(v_loss)) and math.isnan(float(o_loss))
+    acc = StepAccumulator()  # ...and the step's statistics say so
+    acc.add(lp, old, adv, mask, loss=o_loss, loss_stats=s)
+    assert math.isnan(acc.pack().unpack()["stats"]["policy_loss"])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "lb", "ub"),
+    [
+        # token 0: 0.6640625 in bf16, inside (ub too becomes bf16 in verl: 0.66796875);
+        # 0.6666666 in float32, outside
+        (torch.bfloat16, 0.5, 0.6666),
+        # token 0: 0.6669922 in fp16, inside (lb in fp16: 0.6665039); 0.6666666 outside
+        (torch.float16, 0.66668, 1.0),
+    ],
+)
+def test_clip_cov_candidates_of_half_precision_inputs_are_chosen_in_float32(
+    dtype: torch.dtype, lb: float, ub: float
+) -> None:
+    # Covariances (1 - 1/3) * (0 - (-1)): 2/3 rounds to 0.6666666 in float32 (COVARIANCE_DTYPE,
+    # what entmon compares with the bounds whatever the input dtype) but to 0.6640625 in bf16
+    # and 0.6669922 in fp16 (verl computes in the input dtype): the bound decides otherwise.
+    lp, adv = torch.tensor([[0.0, -1.0, -2.0]]), torch.tensor([[1.0, 0.0, 0.0]])
+    old, mask = lp.clone(), torch.ones(1, 3)
+    c = Control(loss_mode="clip_cov", clip_cov_ratio=1.0, clip_cov_lb=lb, clip_cov_ub=ub)
+    half = [t.to(dtype) for t in (lp, old, adv)]
+    sel = select_tokens(*half, mask, c, generator=torch.Generator(), scope="micro_batch")
+    sel32 = select_tokens(lp, old, adv, mask, c, generator=torch.Generator(), scope="micro_batch")
+    assert sel is not None and sel32 is not None
+    assert torch.float32 == COVARIANCE_DTYPE
+    assert torch.equal(sel.candidates, sel32.candidates)  # the float32 choice...
+    assert not sel.candidates[0, 0]
+    _, v_grad, _ = verl_loss(c, *half, mask)  # ...and verl's, in the dtype: token 0 detached
+    assert v_grad[0, 0] == 0
+    _, v_grad32, _ = verl_loss(c, lp, old, adv, mask)  # verl on float32 inputs agrees with us
+    assert v_grad32[0, 0] != 0

@@ -4,21 +4,26 @@ drops, a monitor answering 503, and fork safety."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
 from client import Monitor
-from client.spool import spool_path
+from client.replay import replay_file
+from client.report import build_report, encode, finalize
+from client.spool import Spool, dead_letter_path, spool_path
 from monitor.embedded_redis import EmbeddedRedis, free_port
 from tests.client.conftest import FAST, stored_reports, stored_steps, unused_url
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, wait_until_ready
 
 WAIT_S = 20.0
 
@@ -205,3 +210,72 @@ def reporter_thread_ids() -> list[int]:
         for t in threading.enumerate()
         if t.name == "entmon-reporter" and t.is_alive() and t.native_id is not None
     ]
+
+
+class PoisonServer(ServerProcess):
+    """The real service, answering 500 to any batch that holds the user scalar `poison`."""
+
+    def start(self) -> PoisonServer:
+        command = [sys.executable, "-m", "tests.client.poison_server", str(self.port)]
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        wait_until_ready(self.url, self.process)
+        return self
+
+
+@pytest.fixture
+def poison_server(redis_url: str, tmp_path: Path) -> Iterator[PoisonServer]:
+    server = PoisonServer({"ENTMON_REDIS_URL": redis_url, "ENTMON_DATA_DIR": str(tmp_path)})
+    yield server.start()
+    server.stop()
+
+
+def test_a_report_the_monitor_keeps_answering_500_is_set_aside_and_the_run_goes_on(
+    poison_server: PoisonServer, spool_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.ERROR, logger="client"),
+        Monitor(run="poison", url=poison_server.url, config=FAST) as mon,
+    ):
+        for step in range(30):
+            mon.log(step, entropy=1.0, **({"poison": 1.0} if step == 10 else {}))
+        wait_for(lambda: mon.dropped == 1, "the poison report to be set aside")
+        mon.log(30, entropy=1.0)  # the next report that gets through counts it
+    steps = stored_steps(poison_server.url, "poison")
+    assert [s["step"] for s in steps] == [s for s in range(31) if s != 10]
+    assert sum(s["stats"].get("client_drops", 0) for s in steps) == 1  # type: ignore[attr-defined]
+    dead = dead_letter_path(spool_path(spool_dir, "poison", 0))
+    assert [json.loads(line)["step"] for line in dead.read_bytes().splitlines()[1:]] == [10]
+    set_aside = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    assert len(set_aside) == 1 and str(dead) in set_aside[0]
+
+
+def test_replay_sets_a_poison_report_aside_and_stores_the_rest(
+    poison_server: PoisonServer, tmp_path: Path
+) -> None:
+    spool = Spool(spool_path(tmp_path, "poison-replay", 0), run="poison-replay")
+    scalars = [{"entropy": 1.0, **({"poison": 1.0} if s == 3 else {})} for s in range(10)]
+    spool.append([encode(finalize(build_report(s, 0, 1, 0, scalars[s]))) for s in range(10)])
+    spool.close()
+    result = replay_file(spool.path, url=poison_server.url, retry_base_s=0.01)
+    assert result.complete and result.set_aside == 1
+    assert result.accepted + result.duplicates == 9  # the refused batches' halves went twice
+    assert not spool.path.exists()
+    steps = stored_steps(poison_server.url, "poison-replay")
+    assert [s["step"] for s in steps] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    dead = dead_letter_path(spool.path)
+    assert [json.loads(line)["step"] for line in dead.read_bytes().splitlines()[1:]] == [3]
+
+
+def test_a_step_closed_after_a_quiet_spell_is_sent_at_once(shared_server: ServerProcess) -> None:
+    """The control lag (issue #17.8): a report is not held for the flush interval when nothing
+    was sent lately, so the answer (with the control) is back before the next step ends. With an
+    interval of a minute, the report must still be stored well within it."""
+    config = dataclasses.replace(FAST, flush_interval_s=60.0, poll_interval_s=60.0)
+    with Monitor(run="at-once", url=shared_server.url, config=config) as mon:
+        mon.log(0, entropy=1.0)
+        deadline = time.monotonic() + 30.0
+        while not stored_steps(shared_server.url, "at-once") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [s["step"] for s in stored_steps(shared_server.url, "at-once")] == [0]

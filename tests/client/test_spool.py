@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from client.spool import Spool, SpoolError, spool_path
+from client.spool import Spool, SpoolError, SpoolWriteError, spool_path
 
 
 def lines(steps: range) -> list[bytes]:
@@ -104,3 +108,45 @@ def test_a_report_longer_than_the_read_size_is_read_alone(tmp_path: Path) -> Non
     spool.ack(end)
     batch, _ = spool.read(max_reports=100, max_bytes=1000)
     assert steps_of(batch) == [1, 2]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs, so that the disk fills up for real (needs root and mount)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root and mount(8)")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_leaves_only_whole_reports_and_the_next_append_starts_clean(
+    small_disk: Path,
+) -> None:
+    spool = Spool(spool_path(small_disk, "r1", 0), run="r1")
+    batch = [json.dumps({"step": s, "stats": {}, "pad": "x" * 1000}).encode() for s in range(20)]
+    written: list[int] = []  # the steps the spool says it kept
+    with pytest.raises(SpoolWriteError) as refused:
+        while True:  # until the disk is full
+            spool.append(batch)
+            written += steps_of(batch)
+    written += steps_of(batch)[: refused.value.written]
+    data = spool.path.read_bytes()
+    assert data.endswith(b"\n")  # cut back to the last whole report
+    rest, end = spool.read(max_reports=1 << 20, max_bytes=1 << 30)
+    assert steps_of(rest) == written
+    spool.ack(end)  # everything stored: the file goes, and room comes back
+    assert spool.append(lines(range(1000, 1003))) == 3
+    batch2, _ = spool.read(max_reports=100, max_bytes=1 << 20)
+    assert steps_of(batch2) == [1000, 1001, 1002]

@@ -262,3 +262,30 @@ def test_reused_work_buffers_change_nothing(mode: str) -> None:
                 add(acc, b, loss=loss, loss_stats=s)
             outputs.append(acc.pack().unpack())
         assert outputs[0] == outputs[1] == outputs[2]
+
+
+@pytest.mark.parametrize("mode", [None, "vanilla", "clip_cov", "kl_cov"])
+def test_any_stride_gives_the_row_major_statistics(mode: str | None) -> None:
+    batch = make(12, B=6, T=40)
+
+    def column_major(t: torch.Tensor) -> torch.Tensor:
+        return t.t().contiguous().t()  # same values, transposed storage
+
+    strided = {k: column_major(v) for k, v in batch.items()}
+    strided["response_mask"] = column_major(batch["response_mask"].bool())
+    outs = []
+    for b in (batch, strided):
+        acc = StepAccumulator()
+        kwargs: dict[str, Any] = {}
+        if mode is not None:  # the loss's statistics passed on, as the Monitor does
+            control = Control(loss_mode=mode, clip_cov_lb=0.0, kl_cov_ratio=0.1)
+            g = torch.Generator().manual_seed(0)
+            lp, old, adv, mask = (
+                b[k] for k in ("log_prob", "old_log_prob", "advantages", "response_mask")
+            )
+            kwargs["loss"], kwargs["loss_stats"] = policy_loss(
+                lp, old, adv, mask, control, generator=g
+            )
+        add(acc, b, **kwargs)
+        outs.append(acc.pack().unpack())
+    assert outs[0] == outs[1]

@@ -4,8 +4,10 @@ control change reaches every rank at the same step."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -206,3 +208,63 @@ def two_ranks_apply_a_control_change_at_the_same_step(
     stored = stored_steps(server.url, "ddp")
     assert [s["ranks"] for s in stored] == [2] * steps
     assert [s["control_version"] for s in stored] == used[0]
+
+
+class TricklingServer:
+    """Answers every request with a header that never ends, one byte a second: each read gets
+    data well within any per-read timeout, so only a whole-request deadline ends the request."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._trickle, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while not self.stop.wait(1.0):  # the fault itself: a byte a second
+                    conn.sendall(b"x")
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        for thread in self.threads:
+            thread.join(5)
+
+
+def test_a_trickling_answer_ends_at_the_request_timeout_and_the_reports_are_spooled(
+    spool_dir: Path,
+) -> None:
+    server = TricklingServer()
+    try:
+        config = dataclasses.replace(FAST, request_timeout_s=1.0)
+        mon = Monitor(run="trickle", url=server.url, config=config)
+        for step in range(20):
+            mon.log(step, entropy=1.0)
+        deadline = time.monotonic() + 60  # without a whole-request deadline: never
+        while mon._reporter.spooled < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert mon._reporter.spooled == 20 and mon.dropped == 0
+        mon.close(5)
+    finally:
+        server.close()
+    assert spooled_steps(spool_path(spool_dir, "trickle", 0)) == list(range(20))

@@ -75,6 +75,8 @@ def test_run_view_draws_every_chart(streamed: ServerProcess) -> None:
     assert any("R²" in c.value for c in app.caption)  # the fitted law under its chart
     tokens = app.dataframe[0].value
     assert len(tokens) == 16 and tokens["cov"].is_monotonic_decreasing  # 8 per rank
+    changes = app.dataframe[1].value  # the streamed run changes its control halfway
+    assert list(changes["version"]) == ["v0 → v1"] and changes["steps compared"][0] == 20
 
 
 def form_select(app: AppTest) -> Selectbox[str]:
@@ -122,6 +124,32 @@ def test_three_applies_in_a_row_each_reach_the_server(streamed: ServerProcess) -
         assert (control["version"], control["kl_cov_ratio"]) == (version, ratio)
         assert f"Applied: control version {version}" in app.success[0].value
         assert f"Editing control version {version} of alpha" in app.caption[0].value
+
+
+def test_a_run_that_stopped_reporting_is_warned_about_before_an_edit(
+    streamed: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = page("control")
+    app.query_params["run"] = "alpha"
+    app.run()
+    assert not app.warning  # alpha reported just now
+    monkeypatch.setattr("dashboard.views.control.SILENT_AFTER_S", -1.0)
+    app.run()
+    assert "has not reported for" in app.warning[0].value
+
+
+def test_preview_says_what_a_setting_would_touch_without_applying_it(
+    streamed: ServerProcess,
+) -> None:
+    app = page("control")
+    app.query_params["run"] = "alpha"
+    app.run()
+    form_select(app).set_value("kl_cov")
+    next(b for b in app.button if b.label.startswith("Preview")).click()
+    app.run()
+    assert not app.exception
+    assert "would have penalised about" in app.info[0].value
+    assert httpx.get(f"{streamed.url}/v1/runs/alpha/control").json()["version"] == 0
 
 
 def test_stale_control_shows_who_changed_what_and_reloads(streamed: ServerProcess) -> None:

@@ -47,11 +47,13 @@ def exposed_metric_names() -> set[str]:
     """Every sample name entmon's /metrics can expose: per-run families rendered from a snapshot
     with every field filled, plus this process's service metrics."""
     from prometheus_client.core import Metric
+    from prometheus_client.parser import text_string_to_metric_families
 
     from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
     from monitor.analysis import analyse
     from monitor.api_models import Control, StepPoint
-    from monitor.metrics import SERVICE_REGISTRY, STEP_GAUGES, RunSnapshot, run_families
+    from monitor.gauges import AnalysisGauges
+    from monitor.metrics import SERVICE_REGISTRY, STEP_GAUGES, RunSnapshot, render_runs
 
     # A run whose entropy decays and whose reward follows the law: every analysis gauge is set.
     points = [
@@ -80,9 +82,10 @@ def exposed_metric_names() -> set[str]:
                 "counts": [1] * bucket_count(COVARIANCE_LAYOUT),
             },
         },
-        analysis=analyse("r", points, Control()),
+        gauges=AnalysisGauges.of(analyse("r", points, Control()), 19, 0),
     )
-    names = {s.name for family in run_families([snapshot]) for s in family.samples}
+    text = render_runs([snapshot])
+    names = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
     service: list[Metric] = list(SERVICE_REGISTRY.collect())
     for family in service:
         if family.type == "histogram":

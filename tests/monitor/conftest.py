@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 
 from monitor.main import create_app
 from monitor.settings import Settings
+from tests.conftest import LOCAL
 
 
 @pytest.fixture
@@ -17,5 +18,5 @@ def settings(redis_url: str) -> Settings:
 @pytest.fixture
 def api(settings: Settings) -> Iterator[TestClient]:
     """The app in process (lifespan included) against the session's real Redis."""
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         yield client

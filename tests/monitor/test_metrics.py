@@ -4,6 +4,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
+from tests.conftest import LOCAL
 
 
 def samples(api: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -79,7 +80,9 @@ def test_stale_runs_leave_the_exposition(redis_url: str) -> None:
     from monitor.main import create_app
     from monitor.settings import Settings
 
-    with TestClient(create_app(Settings(redis_url=redis_url, stale_after_s=1e-6))) as api:
+    with TestClient(
+        create_app(Settings(redis_url=redis_url, stale_after_s=1e-6)), base_url=LOCAL
+    ) as api:
         api.post("/v1/runs/old/reports", json={"step": 0, "stats": {"entropy": 1.0}})
         assert not [k for k in samples(api) if ("run", "old") in k[1]]
         assert api.get("/v1/runs/old").status_code == 200  # still queryable

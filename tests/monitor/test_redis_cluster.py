@@ -17,6 +17,7 @@ from redis.cluster import RedisCluster
 from monitor.main import create_app
 from monitor.settings import Settings
 from monitor.store import RUNS_KEY, RunKeys
+from tests.conftest import LOCAL
 from tests.redis_cluster import RedisClusterProcesses
 from tests.synthetic_reports import report
 
@@ -34,7 +35,9 @@ def api(cluster: RedisClusterProcesses) -> Iterator[TestClient]:
     client = RedisCluster.from_url(cluster.url)
     client.flushall(target_nodes=RedisCluster.PRIMARIES)
     client.close()
-    with TestClient(create_app(Settings(redis_url=cluster.url, redis_cluster=True))) as c:
+    with TestClient(
+        create_app(Settings(redis_url=cluster.url, redis_cluster=True)), base_url=LOCAL
+    ) as c:
         yield c
 
 

@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from entmon.wire.layouts import ENTROPY_LAYOUT, bucket_count
 from monitor.main import create_app
 from monitor.settings import Settings
+from tests.conftest import LOCAL
 
 
 def report(step: int, rank: int = 0, **stats: object) -> dict[str, object]:
@@ -179,7 +180,9 @@ def test_retention_keeps_the_last_steps(redis_url: str) -> None:
     from monitor.main import create_app
     from monitor.settings import Settings
 
-    with TestClient(create_app(Settings(redis_url=redis_url, retention_steps=10))) as client:
+    with TestClient(
+        create_app(Settings(redis_url=redis_url, retention_steps=10)), base_url=LOCAL
+    ) as client:
         client.post("/v1/runs/r1/reports", json=[report(s, entropy=1.0) for s in range(25)])
         steps = [s["step"] for s in client.get("/v1/runs/r1/steps").json()["steps"]]
         assert steps == list(range(15, 25))
@@ -209,7 +212,9 @@ def test_steps_can_return_only_some_statistics(api: TestClient) -> None:
 def test_a_run_deleted_through_another_replica_is_listed_again_at_its_next_report(
     api: TestClient, settings: Settings
 ) -> None:
-    with TestClient(create_app(settings)) as other:  # a second replica on the same Redis
+    with TestClient(
+        create_app(settings), base_url=LOCAL
+    ) as other:  # a second replica on the same Redis
         api.post("/v1/runs/r1/reports", json=report(0))
         assert other.delete("/v1/runs/r1").status_code == 204
         api.post("/v1/runs/r1/reports", json=report(1))  # within this replica's refresh window

@@ -23,7 +23,7 @@ CONNECTIONS = 16
 def _post(sock: socket.socket, step: int) -> int:
     body = json.dumps({"step": step, "stats": {"entropy": 1.0}}).encode()
     head = (
-        f"POST /v1/runs/w/reports HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"POST /v1/runs/w/reports HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode()
     sock.sendall(head + body)

@@ -32,6 +32,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from client import Control, Monitor
 from client.integrations.trl import (
+    TRL_ENTROPY,
     EntmonGRPOTrainer,
     TrlConfigError,
     aggregation,
@@ -266,7 +267,7 @@ def grads(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-@pytest.mark.parametrize("loss_type", ["dapo", "bnpo", "grpo", "dr_grpo"])
+@pytest.mark.parametrize("loss_type", ["dapo", "bnpo", "grpo", "dr_grpo", "luspo"])
 @pytest.mark.parametrize(
     ("off_policy", "config", "training"),
     [
@@ -313,16 +314,37 @@ def test_each_loss_type_aggregates_as_trl_does() -> None:
     )
     got = {
         t: aggregation(t, mask, **knobs)(per_token).item()
-        for t in ("dapo", "bnpo", "grpo", "dr_grpo")
+        for t in ("dapo", "bnpo", "grpo", "dr_grpo", "luspo")
     }
     assert got == {
         "dapo": 10 / 5,  # the window's tokens: accumulation already in them
         "bnpo": 10 / 4 / 2,  # the micro-batch's tokens
         "grpo": (6 / 3 + 4 / 1) / 2 / 2,  # each completion's token mean, then their mean
         "dr_grpo": 10 / (2 * 4) / 2,  # completions x max_completion_length
+        "luspo": (6 + 4) / 2 / 2,  # each completion's token sum, then their mean
     }
     with pytest.raises(ValueError, match="sapo"):
         aggregation("sapo", mask, **knobs)
+
+
+def test_the_step_reports_trls_entropy_beside_the_token_mean(
+    tmp_path: Path, monitor: Monitor
+) -> None:
+    ours, theirs = trainers(tmp_path, monitor)
+    first = micro_batch(ours, off_policy=True)
+    second = dict(first, completion_mask=first["completion_mask"].clone())
+    second["completion_mask"][0, 1:] = 0  # micro-batches of 18 and 13 tokens: means differ
+    for trainer in (ours, theirs):
+        for inputs in (first, second):
+            trainer._compute_loss(trainer.model, inputs)
+    trl_entropy = theirs._metrics["train"]["entropy"]  # what TRL logs: mean of this list
+    assert len(trl_entropy) == 2
+    scalars = ours._step_scalars()
+    assert float(scalars[TRL_ENTROPY]) == pytest.approx(sum(trl_entropy) / 2, rel=1e-12)
+    assert TRL_ENTROPY not in ours._step_scalars()  # one step's micro-batches only
+    # entmon's own `entropy` statistic is the token mean: another number here.
+    out = monitor._accumulator.pack().unpack()  # type: ignore[union-attr]
+    assert out["stats"]["entropy"] != pytest.approx(float(scalars[TRL_ENTROPY]), rel=1e-6)
 
 
 def test_clip_cov_on_every_token_zeroes_the_gradient(tmp_path: Path, monitor: Monitor) -> None:
@@ -379,6 +401,10 @@ def test_kl_to_reference_is_trls_k3_token_mean() -> None:
 
 def test_options_entmons_loss_cannot_honour_are_refused(tmp_path: Path, monitor: Monitor) -> None:
     assert unsupported_options(grpo_config(tmp_path)) == []  # TRL's defaults are fine
+    assert unsupported_options(grpo_config(tmp_path, loss_type="luspo")) == []  # token level
+    assert unsupported_options(
+        grpo_config(tmp_path, loss_type="luspo", importance_sampling_level="sequence")
+    ) == ["importance_sampling_level: entmon's loss is per token (set 'token')"]
     bad = grpo_config(tmp_path, loss_type="sapo", top_entropy_quantile=0.2, entropy_coef=0.01)
     problems = unsupported_options(bad)
     assert [p.split(":")[0] for p in problems] == [

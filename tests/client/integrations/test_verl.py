@@ -52,8 +52,9 @@ def make(seed: int, B: int = 6, T: int = 48) -> tuple[torch.Tensor, ...]:
     return lp, old, adv, mask, weights
 
 
-def actor_config(c: Control | None, batch_info: dict[str, Any]) -> ActorConfig:
-    """verl's ActorConfig with the control's knobs (None: loss_mode entmon, verl's defaults)."""
+def actor_config(c: Control | None, batch_info: dict[str, Any], **fields: Any) -> ActorConfig:
+    """verl's ActorConfig with the control's knobs (None: loss_mode entmon, verl's defaults) and
+    any other `fields` of ActorConfig."""
     knobs: dict[str, Any] = {"loss_mode": "entmon"}
     clip = {}
     if c is not None:
@@ -65,6 +66,7 @@ def actor_config(c: Control | None, batch_info: dict[str, Any]) -> ActorConfig:
         ppo_micro_batch_size_per_gpu=1,
         policy_loss=PolicyLossConfig(**knobs),
         **clip,
+        **fields,
     )
     config.global_batch_info.update(batch_info)  # what verl's ppo_loss sets before each call
     return config
@@ -288,6 +290,29 @@ def test_an_unreachable_monitor_never_stops_the_loss(monkeypatch: pytest.MonkeyP
         )
         torch.testing.assert_close(got, want)
         assert metrics["actor/entmon_control_version"] == 0
+
+
+def test_the_vanilla_loss_dual_clips_at_the_configs_clip_ratio_c(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENTMON_RUN", "verl-dual-clip")
+    monkeypatch.setenv("ENTMON_URL", unused_url())
+    lp, old, adv, mask, _ = make(41)
+    old = lp + 3.0 * (old - lp)  # large ratios: the dual clip binds for negative advantages
+    info = batch_info(mask, dp_size=1)
+    losses = {}
+    for c in (10.0, 3.0, 1.5):
+        theirs = actor_config(Control(), info, clip_ratio_c=c)  # verl's `actor.clip_ratio_c`
+        ours = actor_config(None, info, clip_ratio_c=c)
+        want, want_grad, _ = call("vanilla", theirs, "token-mean", lp, old, adv, mask, None)
+        got, grad, _ = call("entmon", ours, "token-mean", lp, old, adv, mask, None)
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(grad, want_grad)
+        losses[c] = float(got)
+    assert len(set(losses.values())) == 3  # each bound gave its own loss
+    bad = actor_config(None, info, clip_ratio_c=1.0)  # verl asserts > 1; entmon refuses it too
+    with pytest.raises(ValueError, match="clip_ratio_c"):
+        call("entmon", bad, "token-mean", lp, old, adv, mask, None)
 
 
 def test_without_a_monitor_the_first_call_says_how_to_get_one() -> None:

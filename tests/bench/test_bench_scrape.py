@@ -1,0 +1,20 @@
+"""Smoke test: the scrape-scaling benchmark runs end to end, small (figures are not asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_scrape.py"
+
+
+def test_scrape_benchmark_runs_small_and_prints_growth_and_the_ratio() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--runs", "3,8", "--steps", "40", "--repeat", "1"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "8 runs x 40 steps: /metrics" in result.stdout
+    assert "ratio previous / now:" in result.stdout
+    assert "growth per run (3 -> 8 runs)" in result.stdout
