@@ -469,18 +469,3 @@ def _written(
     bound = " (at upper bound)" if new >= s.upper_bound else ""
     return Decision(new, state, f"{head}: {s.knob} {_fmt(current)} -> {_fmt(new)}{bound}",
                     action, target, error)  # fmt: skip
-
-
-__all__ = [
-    "KNOBS",
-    "LOSS_MODE",
-    "Decision",
-    "Knob",
-    "Settings",
-    "SettingsError",
-    "State",
-    "StepInput",
-    "Target",
-    "decide",
-    "resume",
-]
