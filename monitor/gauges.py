@@ -148,6 +148,16 @@ class GaugeRefresher:
                 await asyncio.sleep(wait)  # the earliest run not yet due
                 self._wake.set()
 
+    async def _current(self, run: str) -> bool:
+        """Whether the stored gauges already describe the run's last step and control (a scrape
+        analysed it meanwhile): a second analysis would only repeat the work."""
+        (read,) = await self.store.run_reads([run], details=False, ranks=False)
+        if read is None:
+            return True  # deleted meanwhile: nothing to refresh
+        g = AnalysisGauges.from_hash(read.gauges)
+        last = int(read.meta["last_step"]) if "last_step" in read.meta else None
+        return g is not None and g.describes(last, read.control.version)
+
     async def _refresh_due(self) -> float:
         """Refresh every pending run that is due; the time until the next one is."""
         next_due = math.inf
@@ -161,7 +171,8 @@ class GaugeRefresher:
             if len(self._done) > PENDING_MAX:
                 self._done.clear()
             try:
-                await refresh(self.store, run)
+                if not await self._current(run):
+                    await refresh(self.store, run)
             except (RedisError, OSError) as e:  # Redis away: the next report notes it again
                 log.warning("analysis gauges of %r not refreshed: %s", run, type(e).__name__)
             except Exception:  # never let one run stop the task

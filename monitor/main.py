@@ -51,11 +51,13 @@ def _writable(value: Any, depth: int = 0) -> Any:
         return to_wire(value)
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bytes):  # a body FastAPI could not read as JSON
+        return value.decode("utf-8", "backslashreplace")
     if depth >= 32 and isinstance(value, dict | list):
         return "..."
     if isinstance(value, dict):
         return {_writable(k, depth): _writable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_writable(v, depth + 1) for v in value]
     return value
 
@@ -139,7 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             REPORTS_REJECTED.labels("invalid").inc()
         # FastAPI's answer quotes the bad input: a NaN or a lone surrogate in it made the
         # 422 itself fail (500). Written out as strict JSON instead.
-        detail = _writable(jsonable_encoder(exc.errors()))
+        detail = jsonable_encoder(_writable(exc.errors()))
         return JSONResponse({"detail": detail}, status_code=422)
 
     return app

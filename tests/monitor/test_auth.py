@@ -90,3 +90,14 @@ def test_production_refuses_placeholder_tokens() -> None:
 def test_tokens_from_the_environment_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ENTMON_INGEST_TOKENS", f" {INGEST} ,other-token-0123456789")
     assert Settings().ingest_tokens == [INGEST, "other-token-0123456789"]
+
+
+def test_a_body_that_is_not_text_answers_422_not_500_with_tokens(secured: TestClient) -> None:
+    """With tokens, any content type reaches the route: undecodable bytes quoted back in the
+    422 once made the error handler itself fail."""
+    r = secured.put(
+        "/v1/runs/x/control",
+        content=b"\xff\xfe",
+        headers={**bearer(ADMIN), "If-Match": '"0"', "Content-Type": "text/plain"},
+    )
+    assert r.status_code == 422, r.text
