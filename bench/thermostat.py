@@ -1,6 +1,6 @@
 """The entropy thermostat against its anchors on the CPU toy (issue #21).
 
-Each method trains examples/grpo_toy.py offline (no server, as bench/reproduce.py does) and,
+Each method trains entmon/demo/toy.py offline (no server, as bench/reproduce.py does) and,
 for the controllers, decides once per step on that step's entropy; a decision computed after
 step k is applied from step k + 2 on (the service round trip: the client learns the new control
 from the ingest response of step k + 1 and applies it at the next boundary), and a controller

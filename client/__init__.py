@@ -10,7 +10,15 @@ from client.control import Control
 from client.covariance import token_covariance
 from client.entropy import token_entropy
 from client.errors import ControlError, EntmonError
-from client.losses import LossStats, clip_cov_loss, kl_cov_loss, policy_loss, vanilla_ppo_loss
+from client.histograms import bucket_counts
+from client.losses import (
+    LossStats,
+    clip_cov_loss,
+    kl_cov_loss,
+    policy_loss,
+    select_tokens,
+    vanilla_ppo_loss,
+)
 from client.monitor import Monitor
 from client.reporter import ReporterConfig
 from client.spool import SpoolError
@@ -27,9 +35,11 @@ __all__ = [
     "ReporterConfig",
     "SpoolError",
     "StepAccumulator",
+    "bucket_counts",
     "clip_cov_loss",
     "kl_cov_loss",
     "policy_loss",
+    "select_tokens",
     "token_covariance",
     "token_entropy",
     "vanilla_ppo_loss",

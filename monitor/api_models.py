@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, create_model, model_validator
 
 from entmon.wire.knobs import KNOBS, Knob, control_errors
-from entmon.wire.numbers import to_wire
+from entmon.wire.numbers import NonFinite, to_wire
 
 # A statistic in a response: any number, NaN and infinities included, always valid JSON.
 # The schema says so: a number, or one of the strings non-finite numbers travel as.
-NonFinite = Literal["NaN", "Infinity", "-Infinity"]
 Stat = Annotated[
     float | int | None, PlainSerializer(to_wire, return_type=float | int | NonFinite | None)
 ]

@@ -22,7 +22,7 @@ from msgspec import Meta, Struct
 
 from entmon.wire.ids import DRIVER_RANK
 from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
-from entmon.wire.numbers import wire_numbers
+from entmon.wire.numbers import NonFinite, wire_numbers
 from entmon.wire.stats import STAT_NAMES, STATS, Stat
 
 MAX_TOP_TOKENS = 64
@@ -35,7 +35,6 @@ MAX_RANKS = 1 << 20
 MAX_COUNT = 1 << 40
 MAX_TIME = 1e11  # unix seconds; also keeps NaN out: reads take the max of a step's times
 
-NonFinite = Literal["NaN", "Infinity", "-Infinity"]
 Number = float | NonFinite
 Count = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
 ENTROPY_BUCKETS = bucket_count(ENTROPY_LAYOUT)

@@ -5,9 +5,10 @@ and read back as floats."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 NONFINITE_STRINGS = ("NaN", "Infinity", "-Infinity")
+NonFinite = Literal["NaN", "Infinity", "-Infinity"]  # the same strings, as a type for schemas
 
 
 def to_wire(value: Any) -> Any:
