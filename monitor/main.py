@@ -14,6 +14,9 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.telemetry import TelemetryConfig
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from entmon.wire.numbers import to_wire
@@ -91,6 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 socket_connect_timeout=t,
                 health_check_interval=30,
                 decode_responses=True,
+                # A pooled connection to a Redis that restarted (the supervised embedded one)
+                # fails on its first use: try once more on a fresh connection, not a 503.
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[RedisConnectionError],
             )
         app.state.settings = settings
         app.state.store = Store(
