@@ -37,7 +37,8 @@ def test_tiny_benchmark_runs_the_controllers_and_writes_figures(tmp_path: Path) 
     lines = (tmp_path / "thermostat-runs.jsonl").read_text().splitlines()
     assert lines == []  # --jobs 1 keeps runs in memory; the file is for parallel runs
     merged = thermostat.main(
-        ["--methods", "--jobs", "1", "--out", str(tmp_path / "m"), "--targets", "schedule",
+        ["--methods", "vanilla", "fixed", "skywork", "thermostat", "--seeds", "0", "--steps", "6",
+         "--jobs", "1", "--out", str(tmp_path / "m"), "--targets", "schedule",
          "--merge", str(tmp_path / "thermostat.json")]
     )  # fmt: skip
     assert [r["method"] for r in merged["runs"]] == ["vanilla", "fixed", "skywork", "thermostat"]
