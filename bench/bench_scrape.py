@@ -20,16 +20,15 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.bench_analysis_scrape import timed
 from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
 from monitor.analysis import AnalysisParams
 from monitor.api_models import RunsResponse, RunSummary
@@ -88,15 +87,6 @@ async def seed(redis: Redis, first: int, count: int, steps: int) -> None:
             pipe.hset(k.gauges, mapping=gauges)  # type: ignore[arg-type]
             pipe.zadd(RUNS_KEY, {run: now})
         await pipe.execute()
-
-
-async def timed(fn: Callable[[], Awaitable[object]], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        await fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 async def scrape(store: Store) -> bytes:  # the /metrics route's work

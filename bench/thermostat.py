@@ -97,8 +97,19 @@ class Controller:
 
     respects_versions = False  # decides only on steps that ran the latest version
 
+    target: Target
+    start: list[float]
+
     def __call__(self, step: StepInput) -> float | None:
         raise NotImplementedError
+
+    def target_at(self, step: StepInput) -> float:
+        """The anchors' target in nats, relative to the median of the first 5 entropies."""
+        if len(self.start) < 5:
+            self.start.append(step.entropy)
+        t = self.target.at(step.step, statistics.median(self.start))
+        assert t is not None
+        return t
 
 
 class Skywork(Controller):
@@ -107,10 +118,7 @@ class Skywork(Controller):
         self.start: list[float] = []
 
     def __call__(self, step: StepInput) -> float | None:
-        if len(self.start) < 5:
-            self.start.append(step.entropy)
-        t = self.target.at(step.step, statistics.median(self.start))
-        assert t is not None
+        t = self.target_at(step)
         delta = SKYWORK_DELTA if step.entropy < t else -SKYWORK_DELTA
         self.c = min(max(self.c + delta, 0.0), SKYWORK_MAX)
         return self.c
@@ -122,10 +130,7 @@ class EntroPIC(Controller):
         self.start: list[float] = []
 
     def __call__(self, step: StepInput) -> float | None:
-        if len(self.start) < 5:
-            self.start.append(step.entropy)
-        t = self.target.at(step.step, statistics.median(self.start))
-        assert t is not None
+        t = self.target_at(step)
         e = t - step.entropy
         self.integral += e
         alpha = max(-1.0, min(1.0, ENTROPIC_KP * e + ENTROPIC_KI * self.integral))
