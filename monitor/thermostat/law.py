@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
@@ -39,6 +40,29 @@ LOSS_MODE: dict[Knob, str | None] = {
     "entropy_coeff": None,  # a term added to any mode's loss
 }
 """The loss mode a knob acts through (None: it acts in every mode)."""
+
+MODE_KNOB = "loss_mode"
+"""The control's knob that selects the loss mode (engaged with a knob of LOSS_MODE)."""
+
+
+def acting_value(knob: Knob, lower: float, knobs: Mapping[str, Any]) -> float:
+    """The knob's value as the loss sees it in the control `knobs`: its setting when its loss
+    mode is engaged (or it acts in every mode), else `lower` (it does nothing: a ratio of a
+    mode that is off acts as 0, so raising it re-enters at the floor, without a dead zone)."""
+    mode = LOSS_MODE[knob]
+    if mode is not None and knobs.get(MODE_KNOB) != mode:
+        return lower
+    return float(knobs[knob])
+
+
+def knob_changes(knob: Knob, knobs: Mapping[str, Any], value: float) -> dict[str, Any]:
+    """The control changes that set `knob` to `value` and engage the loss mode it acts in."""
+    changes: dict[str, Any] = {knob: value}
+    mode = LOSS_MODE[knob]
+    if mode is not None and knobs.get(MODE_KNOB) != mode:
+        changes[MODE_KNOB] = mode
+    return changes
+
 
 DEFAULT_UPPER: dict[Knob, float] = {
     "kl_cov_ratio": 1.0,
