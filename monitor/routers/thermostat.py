@@ -66,6 +66,7 @@ async def _view(store: Store, run: str, record: Record | None = None) -> Thermos
         error=record.error,
         start_entropy=start,
         last_step=record.last_step,
+        law_state=state.to_dict() if state else None,
         decisions=await thermostats.decisions(run, SHOWN),
         changes=await thermostats.changes(run, SHOWN),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -35,6 +36,15 @@ class Plant:
         self.control: dict[str, Any] = {"version": 0, "loss_mode": "vanilla", KNOB: 0.0}
         self.step = 0
         self.history: list[tuple[int, float, int]] = []  # step, entropy, control version ran
+        self.http = httpx.Client(timeout=30)
+
+    def __enter__(self) -> Plant:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.http.close()
 
     def acting(self) -> float:
         c = self.control
@@ -51,7 +61,7 @@ class Plant:
         }
 
     def post(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
-        r = httpx.post(f"{url}/v1/runs/{self.run}/reports", json=body, timeout=30)
+        r = self.http.post(f"{url}/v1/runs/{self.run}/reports", json=body)
         assert r.status_code == 200, r.text
         answer: dict[str, Any] = r.json()
         return answer
@@ -65,7 +75,7 @@ class Plant:
         self.history.append((self.step, self.entropy, self.control["version"]))
         ran = self.acting()
         if wait:
-            wait_decided(self.urls[0], self.run, self.step)
+            wait_decided(self.urls[0], self.run, self.step, self.http)
         newest = max((a["control"] for a in answers), key=lambda c: c["version"])
         if newest["version"] > self.control["version"]:
             self.control = newest
@@ -73,18 +83,20 @@ class Plant:
         self.step += 1
 
 
-def thermostat(url: str, run: str) -> dict[str, Any]:
-    r = httpx.get(f"{url}/v1/runs/{run}/thermostat", timeout=30)
+def thermostat(url: str, run: str, http: httpx.Client | None = None) -> dict[str, Any]:
+    r = (http or httpx).get(f"{url}/v1/runs/{run}/thermostat", timeout=30)
     assert r.status_code == 200, r.text
     body: dict[str, Any] = r.json()
     return body
 
 
-def wait_decided(url: str, run: str, step: int) -> dict[str, Any]:
+def wait_decided(
+    url: str, run: str, step: int, http: httpx.Client | None = None
+) -> dict[str, Any]:
     """The thermostat once it has decided `step` (or stopped running)."""
     deadline = time.monotonic() + DECISION_DEADLINE_S
     while True:
-        t = thermostat(url, run)
+        t = thermostat(url, run, http)
         if t["status"] != "running" or (t["last_step"] is not None and t["last_step"] >= step):
             return t
         if time.monotonic() > deadline:
