@@ -247,8 +247,9 @@ class Thermostat(_Wire):
     start_entropy: WireFloat | None = None
     last_step: int | None = Field(description="the last merged step decided on")
     law_state: dict[str, Any] | None = Field(
-        None, description="law.State: what the law remembers between steps (moving averages, "
-        "the commanded ln knob, the knob changes it wrote)"
+        None,
+        description="law.State: what the law remembers between steps (moving averages, "
+        "the commanded ln knob, the knob changes it wrote)",
     )
     decisions: list[ThermostatDecision] = Field(description="the last decisions, newest first")
     changes: list[ThermostatChange] = Field(description="settings changes, newest first")

@@ -90,9 +90,7 @@ def thermostat(url: str, run: str, http: httpx.Client | None = None) -> dict[str
     return body
 
 
-def wait_decided(
-    url: str, run: str, step: int, http: httpx.Client | None = None
-) -> dict[str, Any]:
+def wait_decided(url: str, run: str, step: int, http: httpx.Client | None = None) -> dict[str, Any]:
     """The thermostat once it has decided `step` (or stopped running)."""
     deadline = time.monotonic() + DECISION_DEADLINE_S
     while True:
