@@ -404,7 +404,7 @@ class Store:
 
         def keys(run: str) -> list[str]:
             k = RunKeys.of(run)
-            return [k.index, k.scalars, k.details, k.meta, k.control, k.gauges]
+            return [k.index, k.scalars, k.details, k.meta, k.control, k.gauges, k.thermostat]
 
         if isinstance(self.redis, RedisCluster):  # slots on several nodes: concurrent calls
             gate = asyncio.Semaphore(READS_IN_FLIGHT)
@@ -439,6 +439,7 @@ class RunRead:
     latest: StepPoint | None
     histograms: dict[str, dict[str, Any]]  # of the latest step, added over ranks
     ranks: list[dict[str, Any]]  # each rank's latest report, as rank_status
+    thermostat: dict[str, str]  # its status, settings, target, error (those present)
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
@@ -446,7 +447,7 @@ def _pairs(flat: list[str]) -> dict[str, str]:
 
 
 def _run_read(run: str, reply: list[Any]) -> RunRead | None:
-    meta_flat, control, gauges_flat, first, latest_docs, detail_docs, rank_docs = reply
+    meta_flat, control, gauges_flat, first, latest_docs, detail_docs, rank_docs, thermo = reply
     meta = _pairs(meta_flat)
     if not meta:
         return None
@@ -471,6 +472,11 @@ def _run_read(run: str, reply: list[Any]) -> RunRead | None:
         latest=_merge_step(docs) if docs else None,
         histograms={n: m for n, hs in by_name.items() if (m := merge_counts(hs))},
         ranks=[ranks[r] for r in sorted(ranks)],
+        thermostat={
+            name: value
+            for name, value in zip(("status", "settings", "target", "error"), thermo, strict=True)
+            if value
+        },
     )
 
 

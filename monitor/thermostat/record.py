@@ -23,7 +23,7 @@ from monitor.api_models import (
     ThermostatStatus,
 )
 from monitor.store import AUDIT_CAP, RunKeys, Store
-from monitor.thermostat.law import Settings, SettingsError, State
+from monitor.thermostat.law import Settings, SettingsError, State, acting_value
 
 STEP_SCRIPT = files("monitor").joinpath("thermostat_step.lua").read_text()
 SET_SCRIPT = files("monitor").joinpath("thermostat_set.lua").read_text()
@@ -77,6 +77,48 @@ def checked_settings(data: dict[str, Any]) -> Settings:
         for error in knob.errors(value):
             raise SettingsError(name, f"outside the knob's range: {error}")
     return settings
+
+
+@dataclass(frozen=True)
+class ThermostatGauges:
+    """What /metrics shows of a run's thermostat (monitor/metrics.py)."""
+
+    status: str
+    knob: str
+    value: float  # the actuator as the loss sees it (law.acting_value)
+    lower: float
+    upper: float
+    target: float | None  # of the last decision, nats
+    error: float | None  # ln(target / smoothed entropy) of the last decision
+
+    @property
+    def saturated(self) -> bool:
+        """At a bound with the error asking for more: it cannot hold the target."""
+        if self.error is None:
+            return False
+        return (self.value >= self.upper and self.error > 0) or (
+            self.value <= self.lower and self.error < 0
+        )
+
+
+def thermostat_gauges(fields: dict[str, str], control: Control) -> ThermostatGauges | None:
+    """From snapshot.lua's read of the thermostat hash; None without settings."""
+    try:
+        settings = Settings.from_dict(json.loads(fields["settings"]))
+    except (KeyError, ValueError):  # none, or unreadable (SettingsError is a ValueError)
+        return None
+    knobs = control.knobs()
+    if settings.knob not in knobs:
+        return None
+    return ThermostatGauges(
+        status=fields.get("status", "off"),
+        knob=settings.knob,
+        value=acting_value(settings.knob, settings.lower, knobs),
+        lower=settings.lower,
+        upper=settings.upper_bound,
+        target=_number(fields.get("target", "")),
+        error=_number(fields.get("error", "")),
+    )
 
 
 def _number(text: str) -> float | None:
