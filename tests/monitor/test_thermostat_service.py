@@ -208,6 +208,12 @@ def test_a_run_whose_entropy_follows_the_knob_is_driven_to_its_target(
         assert plant.control["loss_mode"] == "kl_cov"  # engaged with the knob
     assert statistics.median(abs(h - 1.0) for h in entropy[-30:]) < 0.05
     assert min(entropy) > 0.7  # the knob caught the fall
+    scrape = httpx.get(f"{server.url}/metrics").text
+    assert 'entmon_thermostat_target_nats{run="loop"} 1.0' in scrape
+    value = httpx.get(f"{server.url}/v1/runs/loop/control").json()[KNOB]
+    actuator = f'entmon_thermostat_actuator{{knob="{KNOB}",run="loop"}} {value!r}'
+    assert actuator in scrape
+    assert 'entmon_thermostat_saturated{run="loop"} 0.0' in scrape
     audit = httpx.get(f"{server.url}/v1/runs/loop/audit").json()["entries"]
     assert audit and all(e["who"] == "thermostat" for e in audit)
     assert "kl_cov_ratio" in audit[-1]["reason"] and "target 1" in audit[-1]["reason"]
@@ -288,6 +294,9 @@ def test_nan_entropy_pauses_it_with_the_reason(server: ServerProcess) -> None:
         assert t["status"] == "paused_by_fault"
         assert "non-finite entropy at step 3" in t["reason"]
         assert t["decisions"][0]["action"] == "pause"
+        scrape = httpx.get(f"{server.url}/metrics").text
+        assert 'entmon_thermostat_state{run="nan",state="paused_by_fault"} 1.0' in scrape
+        assert 'entmon_thermostat_state{run="nan",state="running"} 0.0' in scrape
         version = plant.control["version"]
         _run(plant, 3)  # paused: nothing decided, nothing written
         assert thermostat(server.url, "nan")["last_step"] == 3
