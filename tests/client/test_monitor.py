@@ -40,6 +40,12 @@ def test_the_micro_batches_of_a_step_become_one_report_with_histograms_and_top_t
     assert top and all(t["text"] == f"<{t['token_id']}>" for t in top)
     covs = [t["cov"] for t in top]
     assert covs == sorted(covs, reverse=True)
+    # each in context: the stored neighbours are the ones around it in its response
+    rows = torch.cat([mb["token_ids"] for mb in batches])
+    t = next(t for t in top if t.get("context_before"))
+    (row,) = [r for r in range(len(rows)) if int(rows[r, t["position"]]) == t["token_id"]][:1]
+    left = rows[row, max(t["position"] - 4, 0) : t["position"]].tolist()
+    assert t["context_before"] == Decoder().decode(left)
 
 
 def test_the_loss_is_the_one_the_current_control_names() -> None:
