@@ -186,6 +186,8 @@ class RankedTopToken(_Wire):
     token_id: int | None = None
     position: int | None = None
     text: str | None = None
+    context_before: str | None = Field(None, description="decoded tokens just before it")
+    context_after: str | None = Field(None, description="decoded tokens just after it")
     rank: int
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import api, charts, session, versions
+from dashboard import api, charts, session, top_tokens, versions
 
 # The statistics the run view draws: the API sends only these.
 CHARTED = ("entropy", "reward", "cov_mean", "detached", "penalised", "candidates")
@@ -154,7 +154,7 @@ def render() -> None:
         right.caption(theory_caption(analysis))
         st.subheader("Highest-covariance tokens (latest step)")
         if tokens:
-            st.dataframe(tokens, hide_index=True, key="top-tokens")
+            st.dataframe(top_tokens.rows(tokens), hide_index=True, key="top-tokens")
         else:
             st.caption("No top tokens reported for the latest step.")
         changes_table = versions.before_after(steps)

@@ -25,19 +25,20 @@ import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-Knob = Literal["kl_cov_ratio", "clip_cov_ratio", "ppo_kl_coef", "clip_ratio_high", "entropy_coeff"]
-KNOBS: tuple[Knob, ...] = get_args(Knob)
-"""Every knob raises entropy when raised (more tokens held back, a stronger penalty on them, a
-higher clip bound for rising tokens, a larger bonus), so the law has one sign for all."""
+from entmon.wire import knobs as wire_knobs
+
+Knob = str
+"""A knob of the control table (entmon/wire/knobs.py) that the thermostat may drive."""
+
+KNOBS: tuple[Knob, ...] = tuple(k.name for k in wire_knobs.KNOBS if k.raises_entropy)
+"""The table's knobs marked `raises_entropy`: raising each raises entropy (more tokens held back,
+a stronger penalty on them, a higher clip bound for rising tokens, a larger bonus), so the law has
+one sign for all."""
 
 LOSS_MODE: dict[Knob, str | None] = {
-    "kl_cov_ratio": "kl_cov",
-    "clip_cov_ratio": "clip_cov",
-    "ppo_kl_coef": "kl_cov",
-    "clip_ratio_high": None,  # any mode
-    "entropy_coeff": None,  # a term added to any mode's loss
+    k.name: (k.modes[0] if k.modes else None) for k in wire_knobs.KNOBS if k.raises_entropy
 }
 """The loss mode a knob acts through (None: it acts in every mode)."""
 
