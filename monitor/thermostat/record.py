@@ -10,9 +10,11 @@ commit, and a person's override cannot be lost to a decision read before it.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from entmon.wire.knobs import KNOB_BY_NAME
 from monitor.api_models import (
@@ -25,6 +27,8 @@ from monitor.api_models import (
 from monitor.store import AUDIT_CAP, RunKeys, Store
 from monitor.thermostat.law import Settings, SettingsError, State, acting_value
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 STEP_SCRIPT = files("monitor").joinpath("thermostat_step.lua").read_text()
 SET_SCRIPT = files("monitor").joinpath("thermostat_set.lua").read_text()
 DECISIONS_CAP = 1000  # decisions kept per run
@@ -56,12 +60,25 @@ class Record:
             enabled=h.get("enabled") == "1",
             status=cast(ThermostatStatus, h.get("status", "off")),
             reason=h.get("reason", ""),
-            settings=Settings.from_dict(json.loads(h["settings"])) if h.get("settings") else None,
-            state=State.from_dict(json.loads(h["state"])) if h.get("state") else None,
+            settings=_parsed(h.get("settings", ""), Settings.from_dict),
+            state=_parsed(h.get("state", ""), State.from_dict),
             last_step=int(h["last_step"]) if h.get("last_step") else None,
             target=_number(h.get("target", "")),
             error=_number(h.get("error", "")),
         )
+
+
+def _parsed(text: str, parse: Callable[[dict[str, Any]], T]) -> T | None:
+    """A stored JSON document, or None when absent or no longer readable (written by another
+    version of the law, or by hand): the thermostat then has no settings (it decides nothing
+    until a person PUTs them) or starts a fresh state, and GET still answers."""
+    if not text:
+        return None
+    try:
+        return parse(json.loads(text))
+    except (ValueError, TypeError) as e:  # SettingsError and JSONDecodeError are ValueErrors
+        log.warning("thermostat: stored document ignored: %s", e)
+        return None
 
 
 def checked_settings(data: dict[str, Any]) -> Settings:

@@ -327,3 +327,21 @@ def test_with_a_driver_it_decides_on_the_driver_report(server: ServerProcess) ->
             version = r.json()["control"]["version"]  # applied from the next step on
     assert [d["step"] for d in t["decisions"]] == [2, 1, 0]
     assert t["decisions"][-1]["reason"].startswith("H 0.5 < target 1")  # the driver's entropy
+
+
+def test_an_unreadable_stored_thermostat_never_fails_ingest_or_get(
+    api: TestClient, redis_url: str
+) -> None:
+    """Settings written by another version of the law (or by hand): the thermostat has none,
+    the ingest path and GET still answer."""
+    import redis
+
+    assert _enable(api).status_code == 200
+    with redis.Redis.from_url(redis_url) as r:
+        r.hset("entmon:{r}:thermostat", mapping={"settings": '{"knob": 1}', "state": "{"})
+    assert api.post("/v1/runs/r/reports", json={"step": 0, "stats": {"entropy": 1}}).is_success
+    body = api.get("/v1/runs/r/thermostat").json()
+    assert (body["status"], body["settings"], body["law_state"]) == ("running", None, None)
+    r2 = api.put("/v1/runs/r/thermostat", json={"enabled": True, "settings": settings()},
+                 headers={"If-Match": '"1"'})  # fmt: skip
+    assert r2.status_code == 200 and r2.json()["settings"]["knob"] == KNOB
