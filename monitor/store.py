@@ -53,7 +53,7 @@ class RunKeys:
     control: str
     audit: str
     gauges: str  # the analysis gauges of /metrics (monitor/gauges.py)
-    thermostat: str  # its settings and state (monitor/thermostat/store.py)
+    thermostat: str  # its settings and state (monitor/thermostat/record.py)
     thermostat_log: str  # its decisions
     thermostat_audit: str  # changes of its settings, overrides
 
