@@ -133,6 +133,8 @@ KNOBS: tuple[Knob, ...] = (
 )  # fmt: skip
 
 KNOB_BY_NAME: dict[str, Knob] = {k.name: k for k in KNOBS}
+THERMOSTAT_KNOB = "entropy_coeff"  # the knob the thermostat drives unless told: it has the
+# authority the Cov ratios lack on the toy (monitor/thermostat/THERMOSTAT.md)
 KNOB_NAMES: tuple[str, ...] = tuple(KNOB_BY_NAME)
 NUMERIC_KNOBS: tuple[Knob, ...] = tuple(k for k in KNOBS if k.numeric)
 DEFAULTS: dict[str, Any] = {k.name: k.default for k in KNOBS}

@@ -195,7 +195,7 @@ class Settings:
     """
 
     target: Target
-    knob: Knob = "entropy_coeff"
+    knob: Knob = wire_knobs.THERMOSTAT_KNOB
     lower: float = 0.0
     upper: float | None = None  # None: DEFAULT_UPPER[knob]
     floor: float | None = None  # None: upper * DEFAULT_FLOOR_FRACTION
