@@ -33,9 +33,14 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(2.0, gt=0, description="socket timeout of Redis commands")
     redis_appendfsync: Literal["always", "everysec"] = Field(
         "everysec",
-        description="embedded Redis fsync policy. Both lose no acknowledged report when Redis "
-        "crashes or restarts (the append-only file is written before the reply); 'everysec' may "
-        "lose the last second if the machine loses power, 'always' costs an fsync per write",
+        description="embedded Redis fsync policy of its append-only file. 'always': the file is "
+        "fsynced before Redis replies, so an acknowledged report survives a crash of Redis or of "
+        "the machine (unless the disk's own cache lies); it costs an fsync per batch of writes. "
+        "'everysec': fsynced once a second in the background, so a crash of the machine (power, "
+        "kernel, VM killed) can lose about the last 1 s of acknowledged reports, and up to 2 s "
+        "when the disk is slow: Redis then holds its writes to the file back for up to 2 s, and "
+        "a crash of the Redis process alone loses those too (otherwise they sit in the OS's "
+        "cache and survive it)",
     )
     retention_steps: int = Field(100_000, ge=1, description="steps kept per run")
     stale_after_s: float = Field(

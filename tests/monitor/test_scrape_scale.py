@@ -5,14 +5,27 @@ measured by bench/bench_scrape.py, not here."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from unittest import mock
 
 import httpx
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
 
-from monitor.store import RunKeys
+from monitor.report_codec import report_from_python
+from monitor.store import (
+    DRIVER_LAG_STEPS,
+    RANK_SCAN_MAX,
+    RANK_SCAN_STEPS,
+    RUNS_PER_CALL,
+    RunKeys,
+    RunRead,
+    Store,
+    _run_read,
+)
 from tests.conftest import ServerProcess
 
 
@@ -90,3 +103,38 @@ def test_run_list_and_scrape_agree_with_the_single_run_reads(server: ServerProce
     assert [(r["rank"], r["step"]) for r in one["ranks"]] == [(0, 20), (1, 19)]
     assert one["first_step"] == 0 and one["reports"] == 42
     assert listed["r2"]["latest"]["step"] == 3
+
+
+def test_runs_read_in_batches_come_back_in_order(redis_url: str) -> None:
+    """Several script calls of RUNS_PER_CALL runs and several round trips: each run's read is
+    its own, in order, a run without meta None, as read alone (its keys given, as on a cluster)."""
+
+    async def reads() -> tuple[list[RunRead | None], list[RunRead | None]]:
+        client = Redis.from_url(redis_url, decode_responses=True)
+        store = Store(client, retention_steps=100)
+        runs = [f"run-{i}" for i in range(2 * RUNS_PER_CALL + 3)]
+        for i, run in enumerate(runs):
+            if i != RUNS_PER_CALL:  # one run in the middle never reported
+                report = report_from_python({"step": i, "stats": {"entropy": float(i)}})
+                await store.ingest(run, [report])
+        with mock.patch("monitor.store.PIPELINE_RUNS", RUNS_PER_CALL + 1):
+            batched = await store.run_reads(runs, details=True, ranks=True)
+        args = [1, DRIVER_LAG_STEPS, RANK_SCAN_STEPS, RANK_SCAN_MAX, 1]
+        alone = []
+        for run in runs:
+            k = RunKeys.of(run)
+            keys = [k.index, k.scalars, k.details, k.meta, k.control, k.gauges, k.thermostat]
+            (reply,) = await store._snapshot(keys=keys, args=args)
+            alone.append(_run_read(run, reply))
+        await client.aclose()
+        return batched, alone
+
+    batched, alone = asyncio.run(reads())
+    assert batched[RUNS_PER_CALL] is None
+    assert [r.run for r in batched if r] == [
+        f"run-{i}" for i in range(len(batched)) if i != RUNS_PER_CALL
+    ]
+    assert [r.latest.step if r and r.latest else None for r in batched] == [
+        i if i != RUNS_PER_CALL else None for i in range(len(batched))
+    ]
+    assert batched == alone
