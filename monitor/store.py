@@ -31,9 +31,11 @@ SAMPLE_SCRIPT = files("monitor").joinpath("sample.lua").read_text()
 SNAPSHOT_SCRIPT = files("monitor").joinpath("snapshot.lua").read_text()
 READS_IN_FLIGHT = 32  # runs `run_reads` reads at once from a cluster (each one script call)
 # From one Redis, `run_reads` reads this many runs in one script call (Redis runs nothing else
-# meanwhile: about 20 ms of a loaded Redis for 100 runs) and PIPELINE_RUNS in one round trip.
+# meanwhile: about 20 ms of a loaded Redis for 100 runs) and PIPELINE_RUNS in one round trip,
+# PIPELINES_IN_FLIGHT round trips at once.
 RUNS_PER_CALL = 100
-PIPELINE_RUNS = 2000
+PIPELINE_RUNS = 500
+PIPELINES_IN_FLIGHT = 4
 # A run's last-report time in entmon:runs (run listing, stale runs leaving /metrics) is written
 # at most this often by each process: an ingest request is then one Redis command.
 RUNS_REFRESH_S = 1.0
@@ -425,14 +427,20 @@ class Store:
 
             replies = list(await asyncio.gather(*(one(run) for run in runs)))
         else:  # the run ids as arguments, the keys built by the script: no seven keys per run
-            replies = []
-            for lo in range(0, len(runs), PIPELINE_RUNS):
-                pipe = self.redis.pipeline(transaction=False)
-                for first in range(lo, min(lo + PIPELINE_RUNS, len(runs)), RUNS_PER_CALL):
-                    ids = runs[first : min(first + RUNS_PER_CALL, lo + PIPELINE_RUNS)]
-                    await self._snapshot(keys=[], args=[*args, *ids], client=pipe)
-                for batch in await pipe.execute():
-                    replies += batch
+            single: Redis = self.redis
+
+            async def batch(lo: int) -> list[Any]:
+                async with gate:
+                    pipe = single.pipeline(transaction=False)
+                    for first in range(lo, min(lo + PIPELINE_RUNS, len(runs)), RUNS_PER_CALL):
+                        ids = runs[first : min(first + RUNS_PER_CALL, lo + PIPELINE_RUNS)]
+                        await self._snapshot(keys=[], args=[*args, *ids], client=pipe)
+                    return [read for call in await pipe.execute() for read in call]
+
+            # Round trips overlap: Redis runs one while this process decodes another's reply.
+            gate = asyncio.Semaphore(PIPELINES_IN_FLIGHT)
+            rounds = range(0, len(runs), PIPELINE_RUNS)
+            replies = [r for part in await asyncio.gather(*map(batch, rounds)) for r in part]
         return [_run_read(run, reply) for run, reply in zip(runs, replies, strict=True)]
 
     async def ping(self) -> bool:
