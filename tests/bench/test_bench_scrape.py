@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,3 +19,20 @@ def test_scrape_benchmark_runs_small_and_prints_growth_and_the_ratio() -> None:
     assert "8 runs x 40 steps: /metrics" in result.stdout
     assert "ratio previous / now:" in result.stdout
     assert "growth per run (3 -> 8 runs)" in result.stdout
+
+
+def test_side_by_side_reads_seed_a_given_redis_and_print_the_redis_side(redis_url: str) -> None:
+    reads = BENCH.with_name("bench_scrape_reads.py")
+    root = str(BENCH.parents[1])
+    result = subprocess.run(
+        [sys.executable, str(reads), redis_url, "--seed", "5", "--steps", "30", "--repeat", "1"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env=os.environ | {"PYTHONPATH": root},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert [line.split(" wall ")[0].split() for line in lines] == [
+        ["this", "5", "runs", "/metrics"],
+        ["this", "5", "runs", "GET", "/v1/runs"],
+    ]
+    assert all("(script calls 1)" in line for line in lines)  # five runs: one script call
