@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the toy task and model")
     demo.add_argument(
         "--switch-at", type=int, default=None, metavar="STEP",
-        help="after this step, change the run's loss mode through the API (as the dashboard does)",
+        help="after this step (from 0), change the loss mode via the API as the dashboard does",
     )  # fmt: skip
     demo.add_argument(
         "--switch-to", choices=LOSS_MODES, default="kl_cov", help="the loss mode of --switch-at"

@@ -62,6 +62,14 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], name: str) -> None:
     raise DemoError(f"{name} not ready at {url} after {READY_TIMEOUT_S}s")
 
 
+def _child(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A process of the stack in its own session: Ctrl-C in the terminal signals the demo's
+    process group, so without this each child would get it too and then the demo's terminate
+    (Streamlit said "Stopping..." twice; the monitor restarted its Redis, killed by the same
+    Ctrl-C, while shutting down). The demo stops them, once, in `_stop`."""
+    return subprocess.Popen(command, env=env, start_new_session=True)
+
+
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
     for p in processes:
         if p.poll() is None:
@@ -110,9 +118,10 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def _stop_on_sigterm() -> None:
-    """SIGTERM (and SIGINT, even where a shell started us with it ignored) stop the demo like
-    Ctrl-C: through the `finally` that stops the child processes, never leaving them behind."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    """SIGTERM, SIGHUP (the terminal closed: the children, in their own sessions, do not get it)
+    and SIGINT (even where a shell started us with it ignored) stop the demo like Ctrl-C: through
+    the `finally` that stops the child processes, never leaving them behind."""
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, _raise_interrupt)
 
 
@@ -160,7 +169,7 @@ def run_training(
             start.append(record.entropy)
         print(toy.progress_line(record, steps, start[0]), end="", flush=True)
         time.sleep(max(0.0, pace - record.seconds))
-        if switch_at is not None and record.step + 1 == switch_at:
+        if switch_at is not None and record.step == switch_at:  # as logged, from 0
             put_control(api, DEMO_RUN, f"demo --switch-at {switch_at}", loss_mode=switch_to)
 
     tokenizer = toy.DigitTokenizer()
@@ -207,16 +216,14 @@ def run_demo(
     env.pop("ENTMON_ADMIN_TOKENS", None)
     _stop_on_sigterm()
     processes = [
-        subprocess.Popen(
-            entmon_command("serve", "--port", str(port), "--log-level", "warning"), env=env
-        )
+        _child(entmon_command("serve", "--port", str(port), "--log-level", "warning"), env)
     ]
     try:
         load_toy()  # fail early, before anything waits on the stack
         _wait_ready(f"{api}/readyz", processes[0], "monitor")
         print(f"monitor:   {api}  (API docs {api}/docs, metrics {api}/metrics)")
         if not headless:
-            processes.append(subprocess.Popen(dashboard_command(dashboard_port), env=env))
+            processes.append(_child(dashboard_command(dashboard_port), env))
             _wait_ready(
                 f"http://127.0.0.1:{dashboard_port}/_stcore/health", processes[1], "dashboard"
             )
