@@ -70,8 +70,8 @@ def test_browser_sees_the_entropy_chart_and_changes_a_knob(
     expect(ratio).to_be_visible(timeout=30_000)
     ratio.fill("0.010000")
     ratio.press("Tab")
-    page.get_by_label("Reason (kept in the audit log)").fill("browser test")
-    page.get_by_role("button", name="Apply").click()
+    page.get_by_label("Reason (kept in the audit log)").first.fill("browser test")  # knobs form
+    page.get_by_role("button", name="Apply", exact=True).click()
     expect(page.get_by_text("Applied: control version 1")).to_be_visible(timeout=30_000)
     save(page, tmp_path, "dashboard-control.png")
 
