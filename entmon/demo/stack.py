@@ -35,6 +35,11 @@ HINT = """\
            after the collapse, entropy only falls a little more slowly; it does not come back.
            (docs/reproduce.json has the measurements; --pace 2 gives you more time.)"""
 
+LM_HINT = """\
+           The LM testbed: a tiny pretrained model; entropy sits on the few operator tokens.
+           Switch loss_mode to kl_cov or clip_cov on the Control page and compare with plain
+           GRPO (README: "The second testbed" has the measurements)."""
+
 
 class DemoError(RuntimeError):
     """The demo cannot start; the message says what to do."""
@@ -232,7 +237,7 @@ def run_demo(
                 f"http://127.0.0.1:{dashboard_port}/_stcore/health", processes[1], "dashboard"
             )
             print(f"dashboard: http://127.0.0.1:{dashboard_port}/?run={DEMO_RUN}")
-            print(HINT)
+            print(HINT if testbed == "toy" else LM_HINT)
         if pace is None:
             pace = 0.0 if headless else DEFAULT_PACE_S
         if pace > 0:

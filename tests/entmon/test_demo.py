@@ -49,3 +49,24 @@ def test_the_demo_without_the_client_says_how_to_install_it() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert 'pip install "entmon[all]"' in done.stdout
+
+
+def test_headless_demo_runs_the_lm_testbed(tmp_path: Path) -> None:
+    import torch
+
+    from entmon.demo.testbed.model import TraceLM
+    from entmon.demo.testbed.pretrain import PretrainConfig
+    from monitor.embedded_redis import free_port
+
+    cfg = PretrainConfig()  # a fresh model in the cache stands in for the pretrained one
+    (tmp_path / "cache").mkdir()
+    torch.save(TraceLM(cfg.model).state_dict(), tmp_path / "cache" / f"testbed-lm-{cfg.key()}.pt")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTMON_")}
+    env["ENTMON_CACHE_DIR"] = str(tmp_path / "cache")
+    result = subprocess.run(
+        [sys.executable, "-m", "entmon.cli", "demo", "--headless", "--testbed", "lm",
+         "--steps", "3", "--port", str(free_port())],
+        env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "step 3/3" in result.stdout and "trained 3 steps" in result.stdout
