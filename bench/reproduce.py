@@ -148,6 +148,32 @@ def run_one(job: tuple[str, int, int, dict[str, Any], str]) -> dict[str, Any]:
     }
 
 
+def prior_entropy(cfg: Any, samples: int = 2048) -> dict[str, float]:
+    """The LM testbed before RL: token entropy of answers sampled from the pretrained model on
+    the RL prompts (the issue's target: median below 0.1 nats, the top 20% of tokens carrying
+    at least 80% of the entropy, as in a language model)."""
+    from client import token_entropy
+    from entmon.demo.testbed.pretrain import load_pretrained
+    from entmon.demo.testbed.task import PromptPool, reward
+
+    torch.set_num_threads(1)
+    model = load_pretrained(cfg.pretrain, cfg.cache_dir)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pool = PromptPool(cfg.pool, cfg.seed)
+    prompts = pool.prompts[pool.draw(samples, gen)]
+    answers = model.sample(prompts, gen)
+    with torch.no_grad():
+        h = token_entropy(model.answer_logits(prompts, answers)).flatten()
+    ranked = h.sort(descending=True).values
+    return {
+        "tokens": float(h.numel()),
+        "mean": float(h.mean()),
+        "median": float(h.median()),
+        "top20_share": float(ranked[: h.numel() // 5].sum() / ranked.sum()),
+        "reward": float(reward(prompts, answers).mean()),
+    }
+
+
 def summarise_run(run: dict[str, Any]) -> dict[str, float]:
     H, R = run["entropy"], run["reward"]
     n = len(H)
@@ -473,6 +499,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs.sort(key=lambda r: (names.index(r["method"]), r["seed"]))
     summary = summarise(runs, args.methods)
     text = report(summary, cfg, args.seeds, args.testbed)
+    if args.testbed == "lm":
+        summary["prior"] = prior = prior_entropy(cfg)
+        text += (
+            f"\npretrained model before RL ({prior['tokens']:.0f} answer tokens sampled on the "
+            f"RL prompts): token entropy median {prior['median']:.4f} nats, mean "
+            f"{prior['mean']:.4f}, top 20% of tokens carry {prior['top20_share']:.1%}; reward "
+            f"{prior['reward']:.3f}"
+        )
     if overrides:
         text += f"\noverrides: {overrides}"
     print(text)

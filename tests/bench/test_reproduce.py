@@ -77,4 +77,6 @@ def test_the_lm_testbed_runs_through_the_same_reproduction(
     assert result["knobs"]["kl_cov"]["kl_cov_ratio"] == 0.02
     assert (tmp_path / "reproduce-lm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "reproduce.json").exists()
-    assert "lm: 2-layer d=64 transformer" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "lm: 2-layer d=64 transformer" in out and "pretrained model before RL" in out
+    assert 0 <= result["summary"]["prior"]["top20_share"] <= 1
