@@ -29,6 +29,7 @@ import torch
 from client.connection import MonitorConnection
 from client.control import Control
 from client.control_sync import ControlSync
+from client.entropy_bonus import entropy_bonus
 from client.handoff import FinishedStep
 from client.log_once import LogOnce
 from client.losses import DEFAULT_CLIP_RATIO_C, policy_token_losses, token_mean
@@ -144,13 +145,21 @@ class Monitor:
         the returned loss, for a trainer's own aggregation (verl's `loss_agg_mode`); by default
         their token mean. The step's `loss` statistic is the token mean either way.
         `clip_ratio_c`: the vanilla loss's dual-clip bound (verl's `actor.clip_ratio_c`).
+        A positive `entropy_coeff` knob adds `-entropy_coeff * mean entropy` to the returned loss
+        (client/entropy_bonus.py): directly when `entropy` carries its gradient, else through a
+        score-function estimate on `log_prob`, which this logs once.
         """
+        control = self.control  # one control for the whole micro-batch
         per_token, stats = policy_token_losses(
-            log_prob, old_log_prob, advantages, response_mask, self.control,
+            log_prob, old_log_prob, advantages, response_mask, control,
             clip_ratio_c=clip_ratio_c,
         )  # fmt: skip
         mean = token_mean(per_token, stats.tokens)
         loss = mean if aggregate is None else aggregate(per_token)
+        if control.entropy_coeff:
+            loss = loss + self._entropy_bonus(
+                control.entropy_coeff, entropy, log_prob, response_mask, aggregate
+            )
         try:
             if self._accumulator is None:
                 self._accumulator = StepAccumulator(work=self._work)
@@ -169,6 +178,30 @@ class Monitor:
             self._accumulator = None
             self._log_once("accumulate", f"step statistics skipped: {e!r}", logging.ERROR)
         return loss, {k: v for k, v in stats._asdict().items() if isinstance(v, torch.Tensor)}
+
+    def _entropy_bonus(
+        self,
+        coeff: float,
+        entropy: torch.Tensor | None,
+        log_prob: torch.Tensor,
+        response_mask: torch.Tensor,
+        aggregate: Callable[[torch.Tensor], torch.Tensor] | None,
+    ) -> torch.Tensor:
+        if entropy is None or not entropy.requires_grad:
+            self._log_once(
+                "entropy_bonus_estimate",
+                f"entropy_coeff={coeff:g}: the entropy passed to policy_loss "
+                f"{'is missing' if entropy is None else 'carries no gradient'}, so the bonus "
+                "uses a score-function estimate on log_prob: right in expectation on a "
+                "rollout's first, on-policy update. Pass entropy computed inside the graph for "
+                "the exact term.",
+                logging.WARNING,
+            )
+        try:
+            return entropy_bonus(coeff, entropy, response_mask, log_prob, aggregate=aggregate)
+        except ValueError as e:  # e.g. log_prob without a gradient: nothing to push
+            self._log_once("entropy_bonus", f"entropy bonus not applied: {e}", logging.ERROR)
+            return torch.zeros((), dtype=log_prob.dtype, device=log_prob.device)
 
     def log(self, step: int, **scalars: Any) -> None:
         """Close step `step`: report its statistics and these scalars (floats, ints or 0-d

@@ -59,7 +59,9 @@ _COUNTS = ("tokens", "rows", "ent_tokens", "loss_tokens", "stat_tokens", "candid
 _VALUES = ("lp_mean", "adv_mean", "adv_m2", "cov_sum", "cov_sq", "ent_sum", "abs_lr_mean",
            "loss", "pen_abs_lr_mean", "clip_frac")  # fmt: skip
 # Columns of the top-token buffer.
-_TOP = ("cov", "logp", "advantage", "entropy", "token_id", "position")
+CONTEXT_TOKENS = 4  # tokens kept on each side of a top token, decoded as its context
+_CONTEXT = tuple(f"context_{i}" for i in range(2 * CONTEXT_TOKENS))
+_TOP = ("cov", "logp", "advantage", "entropy", "token_id", "position", *_CONTEXT)
 
 
 class Tokenizer(Protocol):
@@ -265,9 +267,13 @@ class StepAccumulator:
         ints = [idx % T]
         if token_ids is None:
             floats.append(at_top(None))
+            context = best.new_full((best.numel(), 2 * CONTEXT_TOKENS), math.nan)
         else:
             ints.insert(0, at_top(token_ids))
-        top = torch.cat([torch.stack(floats, 1).double(), torch.stack(ints, 1).double()], 1)
+            context = _context_ids(token_ids, batch.keep, idx, T)
+        top = torch.cat(
+            [torch.stack(floats, 1).double(), torch.stack(ints, 1).double(), context.double()], 1
+        )
         if self._top is not None:  # merge with the earlier micro-batches' (sorted) tokens
             top = torch.cat([self._top, top])
             order = top_k(top[:, 0], min(k, top.shape[0]))[1]
@@ -447,9 +453,22 @@ def _ratio(a: float, b: float) -> float:
     return a / b
 
 
+def _context_ids(token_ids: Tensor, keep: Tensor, idx: Tensor, T: int) -> Tensor:
+    """[k, 2 * CONTEXT_TOKENS]: the ids of the valid tokens before and after each flat index
+    `idx` in its own row, -1 where the row ends or the token is masked. Device ops only."""
+    n = 2 * CONTEXT_TOKENS
+    offsets = torch.arange(n, device=idx.device)
+    offsets = offsets - CONTEXT_TOKENS + (offsets >= CONTEXT_TOKENS)  # -4..-1, 1..4
+    position = idx % T
+    at = position.unsqueeze(1) + offsets
+    flat = (idx - position).unsqueeze(1) + at.clamp(0, T - 1)
+    valid = (at >= 0) & (at < T) & (keep.reshape(-1)[flat] > 0)
+    return torch.where(valid, token_ids.reshape(-1)[flat], -1)
+
+
 def _top_tokens(rows: list[list[float]], tokenizer: Tokenizer | None) -> list[dict[str, Any]]:
     tokens = []
-    for cov, logp, adv, ent, token_id, position in rows:
+    for cov, logp, adv, ent, token_id, position, *context in rows:
         if not math.isfinite(cov) or cov <= _LOWEST:  # masked padding, or non-finite
             continue
         token: dict[str, Any] = {"cov": cov, "logp": logp, "advantage": adv}
@@ -458,13 +477,34 @@ def _top_tokens(rows: list[list[float]], tokenizer: Tokenizer | None) -> list[di
         if math.isfinite(token_id):
             token["token_id"] = int(token_id)
             if tokenizer is not None:
-                token["text"] = _decode(tokenizer, int(token_id))
+                token["text"] = _decode(tokenizer, [int(token_id)])
+                before, after = _context(context)
+                if before:
+                    token["context_before"] = _decode(tokenizer, before, keep_end=True)
+                if after:
+                    token["context_after"] = _decode(tokenizer, after)
         tokens.append(token)
     return tokens
 
 
-def _decode(tokenizer: Tokenizer, token_id: int) -> str | None:
+def _context(ids: list[float]) -> tuple[list[int], list[int]]:
+    """The contiguous valid ids just before and just after the token (-1 or NaN: none)."""
+    before: list[int] = []
+    for x in reversed(ids[:CONTEXT_TOKENS]):
+        if not x >= 0:  # NaN included
+            break
+        before.insert(0, int(x))
+    after: list[int] = []
+    for x in ids[CONTEXT_TOKENS:]:
+        if not x >= 0:
+            break
+        after.append(int(x))
+    return before, after
+
+
+def _decode(tokenizer: Tokenizer, token_ids: list[int], *, keep_end: bool = False) -> str | None:
     try:
-        return tokenizer.decode([token_id])[:MAX_TEXT_CHARS]
-    except Exception:  # a tokenizer that cannot decode one id must not lose the report
+        text = tokenizer.decode(token_ids)
+    except Exception:  # a tokenizer that cannot decode an id must not lose the report
         return None
+    return text[-MAX_TEXT_CHARS:] if keep_end else text[:MAX_TEXT_CHARS]

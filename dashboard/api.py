@@ -127,6 +127,51 @@ def put_control(
     return ControlResult(True, response.json())
 
 
+def get_thermostat(client: httpx.Client, run: str) -> dict[str, Any]:
+    """Settings and live state; `version` is what a PUT sends back as If-Match."""
+    thermostat: dict[str, Any] = _get(client, f"/v1/runs/{run}/thermostat")
+    return thermostat
+
+
+@dataclass(frozen=True)
+class ThermostatResult:
+    """What a PUT of the thermostat gave: its new state, or (on 412) the one that won."""
+
+    applied: bool
+    thermostat: dict[str, Any]
+
+
+def put_thermostat(
+    client: httpx.Client,
+    run: str,
+    *,
+    version: int,
+    enabled: bool,
+    settings: dict[str, Any] | None,
+    reason: str,
+) -> ThermostatResult:
+    """Enable, disable or tune the thermostat, with If-Match as for the control."""
+    try:
+        response = client.put(
+            f"/v1/runs/{run}/thermostat",
+            json={"enabled": enabled, "settings": settings, "reason": reason},
+            headers={"If-Match": f'"{version}"'},
+        )
+    except httpx.HTTPError as e:
+        raise ApiError(f"cannot reach the monitor: {e}") from e
+    if response.status_code == 412:
+        return ThermostatResult(False, response.json()["current"])
+    if response.status_code == 403:
+        raise ApiError("changing the thermostat needs an admin token")
+    if response.status_code == 422:
+        detail = response.json().get("detail", [])
+        problems = [e.get("msg", str(e)) for e in detail] if isinstance(detail, list) else [detail]
+        raise ApiError("invalid thermostat settings: " + "; ".join(map(str, problems)))
+    if response.status_code >= 400:
+        raise ApiError(f"PUT thermostat answered {response.status_code}: {response.text[:300]}")
+    return ThermostatResult(True, response.json())
+
+
 def get_analysis(client: httpx.Client, run: str) -> dict[str, Any] | None:
     """The run's entropy analytics, or None where the service has none."""
     try:

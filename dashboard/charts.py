@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from dashboard.api import series
+from dashboard.thermostat import TargetLine
 
 HEIGHT = 340
 ENTROPY_COLOR, REWARD_COLOR = "#1f77b4", "#d62728"
+THERMOSTAT_COLOR = "#9467bd"  # its target, band and the changes it made
 # Runs on the Compare page: hues far apart (Plotly's D3 palette), cycled past ten runs.
 RUN_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
               "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
@@ -41,6 +43,24 @@ def _mark_changes(fig: go.Figure, changes: Sequence[tuple[int, int]], color: str
         )  # fmt: skip
 
 
+def _draw_target(fig: go.Figure, target: TargetLine) -> None:
+    fig.add_trace(
+        go.Scatter(
+            x=target.steps, y=target.values, name="thermostat target", mode="lines",
+            line={"color": THERMOSTAT_COLOR, "dash": "dash"},
+        )
+    )  # fmt: skip
+    edges = target.edges()
+    if edges is not None:
+        for edge, fill in zip(edges, (None, "tonexty"), strict=True):
+            fig.add_trace(
+                go.Scatter(
+                    x=target.steps, y=edge, mode="lines", line={"width": 0}, fill=fill,
+                    fillcolor="rgba(148, 103, 189, 0.15)", showlegend=False, hoverinfo="skip",
+                )
+            )  # fmt: skip
+
+
 def version_changes(steps: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
     """(step, version) where every rank first applied a new control version."""
     changes: list[tuple[int, int]] = []
@@ -58,9 +78,13 @@ def entropy_reward(
     *,
     floor: float | None = None,
     changes: Sequence[tuple[int, int]] = (),
+    target: TargetLine | None = None,
+    by_thermostat: Collection[int] = (),
 ) -> go.Figure:
-    """Entropy (left axis) and reward (right axis) against step; the collapse floor and the steps
-    where a new control version was first applied as markers."""
+    """Entropy (left axis) and reward (right axis) against step; the collapse floor, the
+    thermostat's target (and band), and the steps where a new control version was first
+    applied: a person's as labelled dashed lines, the thermostat's (`by_thermostat` versions,
+    often one every few steps) as markers on the entropy line."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     hx, hy = series(steps, "entropy")
     rx, ry = series(steps, "reward")
@@ -70,7 +94,19 @@ def entropy_reward(
     )
     if floor is not None:
         fig.add_hline(y=floor, line_dash="dot", annotation_text="collapse floor")
-    _mark_changes(fig, changes)
+    if target is not None:
+        _draw_target(fig, target)
+    auto = [(s, v) for s, v in changes if v in by_thermostat]
+    _mark_changes(fig, [(s, v) for s, v in changes if v not in by_thermostat])
+    if auto:
+        entropy_at = dict(zip(hx, hy, strict=True))
+        fig.add_trace(
+            go.Scatter(
+                x=[s for s, _ in auto], y=[entropy_at.get(s) for s, _ in auto], mode="markers",
+                name="thermostat change", text=[f"v{v} (thermostat)" for _, v in auto],
+                marker={"symbol": "diamond", "size": 7, "color": THERMOSTAT_COLOR},
+            )
+        )  # fmt: skip
     fig.update_yaxes(title_text="entropy (nats)", secondary_y=False)
     fig.update_yaxes(title_text="reward", secondary_y=True)
     fig.update_xaxes(title_text="step")

@@ -391,6 +391,48 @@ def panels() -> list[dict[str, Any]]:
             unit="none",
             description="A gap means the trainer has not yet applied the latest change.",
         ),
+        _row("Entropy thermostat"),
+        _panel(
+            ts,
+            "Thermostat: entropy and target",
+            [
+                _target(f"max by (run) (entmon_policy_entropy{{{RUN}}})", "{{run}} entropy"),
+                _target(f"max by (run) (entmon_thermostat_target_nats{{{RUN}}})", "{{run}} target"),
+            ],
+            w=8,
+            unit="none",
+            description="The entropy and the thermostat's target (setpoint) at its last "
+            "decision, nats (monitor/thermostat/THERMOSTAT.md).",
+        ),
+        _panel(
+            ts,
+            "Thermostat: actuator and error",
+            [
+                _target(
+                    f"max by (run, knob) (entmon_thermostat_actuator{{{RUN}}})",
+                    "{{run}} {{knob}}",
+                ),
+                _target(f"max by (run) (entmon_thermostat_error{{{RUN}}})", "{{run}} error"),
+            ],
+            w=8,
+            unit="none",
+            description="The knob the thermostat drives, as the loss sees it, and its error "
+            "ln(target / entropy). ThermostatSaturated fires when it is pinned at a bound.",
+            custom={"drawStyle": "line", "lineInterpolation": "stepAfter"},
+        ),
+        _panel(
+            "state-timeline",
+            "Thermostat state",
+            [
+                _target(
+                    f"max by (run, state) (entmon_thermostat_state{{{RUN}}}) == 1",
+                    "{{run}} {{state}}",
+                )
+            ],
+            w=8,
+            description="off, running, overridden (a person changed the control), "
+            "paused_by_fault (non-finite statistics: ThermostatPausedByFault).",
+        ),
         _row("Service health"),
         _panel(
             "stat",

@@ -103,6 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         switch_to=args.switch_to,
         pace=args.pace,
         testbed=args.testbed,
+        thermostat=args.thermostat,
     )
 
 
@@ -190,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--pace", type=float, default=None, metavar="SECONDS",
         help="least time per step, to follow the run (unset: 1 with the dashboard, 0 headless)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--thermostat", action="store_true",
+        help="enable the service's entropy thermostat on the run: it drives the entropy bonus so "
+        "the entropy follows 0.8 -> 0.1 x its start over 300 steps (monitor/thermostat/)",
     )  # fmt: skip
     demo.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="monitor port (a free one if it is busy)"

@@ -186,6 +186,8 @@ class RankedTopToken(_Wire):
     token_id: int | None = None
     position: int | None = None
     text: str | None = None
+    context_before: str | None = Field(None, description="decoded tokens just before it")
+    context_after: str | None = Field(None, description="decoded tokens just after it")
     rank: int
 
 
@@ -193,3 +195,81 @@ class TopTokensResponse(_Wire):
     run: str
     step: int
     tokens: list[RankedTopToken] = Field(description="highest covariance first")
+
+
+ThermostatStatus = Literal["off", "running", "overridden", "paused_by_fault"]
+THERMOSTAT_STATUSES: tuple[str, ...] = ("off", "running", "overridden", "paused_by_fault")
+
+
+class ThermostatDecision(_Wire):
+    """One merged step the thermostat decided on (monitor/thermostat/THERMOSTAT.md)."""
+
+    step: int
+    when: float = Field(description="unix time")
+    action: str = Field(description="set, guard, hold, skip, wait, pause (law.Action)")
+    reason: str
+    value: WireFloat | None = Field(None, description="the knob value written; none: no change")
+    control_version: int | None = Field(None, description="the control version it wrote")
+    target: WireFloat | None = Field(None, description="entropy target, nats")
+    error: WireFloat | None = Field(None, description="ln(target / smoothed entropy)")
+
+
+class ThermostatChange(_Wire):
+    """An audit entry of the thermostat: a person changed its settings, or overrode it."""
+
+    version: int | None = Field(description="the settings version it created (none: override)")
+    who: str
+    when: float = Field(description="unix time")
+    reason: str
+    enabled: bool
+    status: ThermostatStatus
+    settings: dict[str, Any] | None = None
+
+
+class Thermostat(_Wire):
+    """A run's thermostat: its settings and live state. Its ETag is `version` (the settings')."""
+
+    run: str
+    version: int = Field(description="settings version: send it back as If-Match")
+    enabled: bool
+    status: ThermostatStatus = Field(
+        description="off; running; overridden (a person changed the control: paused until "
+        "enabled again); paused_by_fault (non-finite statistics)"
+    )
+    reason: str = Field(description="why overridden or paused")
+    settings: dict[str, Any] | None = Field(
+        description="law.Settings as JSON: target {points [[step, value]], of_start}, knob, "
+        "lower, upper, floor, band, kp, ki, max_step, lead, min_change, guard_margin, "
+        "guard_cut, feedforward, smoothing, start_steps"
+    )
+    knob: str | None = Field(description="the actuator")
+    actuator_value: WireFloat | None = Field(description="the actuator's value in the control")
+    target: WireFloat | None = Field(description="the entropy target at the last decided step")
+    error: WireFloat | None = Field(description="ln(target / entropy) at the last decision")
+    start_entropy: WireFloat | None = None
+    last_step: int | None = Field(description="the last merged step decided on")
+    law_state: dict[str, Any] | None = Field(
+        None,
+        description="law.State: what the law remembers between steps (moving averages, "
+        "the commanded ln knob, the knob changes it wrote)",
+    )
+    decisions: list[ThermostatDecision] = Field(description="the last decisions, newest first")
+    changes: list[ThermostatChange] = Field(description="settings changes, newest first")
+
+
+class ThermostatUpdate(_Wire):
+    """Enable (or re-enable after an override or a fault: it resumes from the knob's current
+    value, without a jump) or disable the thermostat, and optionally replace its settings."""
+
+    enabled: bool
+    settings: dict[str, Any] | None = Field(
+        None, description="the full settings (law.Settings); none: keep the current ones"
+    )
+    reason: str = Field("", max_length=1000, description="why, for the audit log")
+
+
+class StaleThermostat(_Wire):
+    """412: someone changed the thermostat's settings since the version you sent."""
+
+    detail: str
+    current: Thermostat

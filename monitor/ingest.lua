@@ -1,12 +1,13 @@
 -- Store a batch of step reports of one run atomically and idempotently per (rank, step).
 -- KEYS: 1 index (zset step:rank -> step), 2 scalars (hash), 3 details (hash), 4 meta (hash),
---   5 control (string, read only)
+--   5 control (string, read only), 6 thermostat (hash, read only)
 -- ARGV: 1 now, 2 retention_steps, then 8 per report:
 --   field ("step:rank"), step, scalars JSON, details JSON, tokens, detached, penalised, drops
 -- Returns {flags, control, new_run}: one flag per report (1 stored, 0 duplicate: already
 -- stored, left untouched, 2 expired: older than the retention window, so not stored), the run's
 -- control JSON (nil: defaults), so a request is one command, and 1 when this call created the
--- run (its meta hash was absent: the caller lists it).
+-- run (its meta hash was absent: the caller lists it), and the thermostat's status ('running':
+-- the caller has it decide on the steps just stored; false when it has none).
 local index, scalars, details, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, retention = ARGV[1], tonumber(ARGV[2])
 local flags = {}
@@ -64,4 +65,5 @@ if last ~= nil then
   end
 end
 -- false, not nil: a nil would end the table and drop the reply's second element
-return {flags, redis.call('GET', KEYS[5]) or false, new_run}
+return {flags, redis.call('GET', KEYS[5]) or false, new_run,
+  redis.call('HGET', KEYS[6], 'status') or false}

@@ -23,9 +23,19 @@ from entmon.wire.numbers import to_wire
 from monitor.gauges import GaugeRefresher
 from monitor.metrics import REPORTS_REJECTED
 from monitor.middleware import LimitsAndTiming
-from monitor.routers import analysis, control, docs, health, metrics, reports, runs
+from monitor.routers import (
+    analysis,
+    control,
+    docs,
+    health,
+    metrics,
+    reports,
+    runs,
+    thermostat,
+)
 from monitor.settings import Settings
 from monitor.store import Store
+from monitor.thermostat.worker import ThermostatWorker
 
 log = logging.getLogger("monitor")
 RETRY_AFTER_S = 5
@@ -105,9 +115,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.gauges = GaugeRefresher(app.state.store)
         app.state.gauges.start()
+        app.state.thermostat = ThermostatWorker(app.state.store)
+        app.state.thermostat.start()
         try:
             yield
         finally:
+            await app.state.thermostat.stop()
             await app.state.gauges.stop()
             await redis.aclose()
 
@@ -127,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.router,
         runs.router,
         control.router,
+        thermostat.router,
         analysis.router,
     ):
         app.include_router(router)

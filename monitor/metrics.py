@@ -23,10 +23,11 @@ from prometheus_client.registry import Collector
 from entmon.wire.knobs import KNOBS, NUMERIC_KNOBS
 from entmon.wire.layouts import upper_bound_labels
 from monitor.analysis import FLAGS, STATES
-from monitor.api_models import Control, StepPoint
+from monitor.api_models import THERMOSTAT_STATUSES, Control, StepPoint
 
 if TYPE_CHECKING:
     from monitor.gauges import AnalysisGauges
+    from monitor.thermostat.record import ThermostatGauges
 
 PREFIX = "entmon"
 # Request latency buckets for a JSON API answering from a local Redis: 0.5 ms .. 2.5 s.
@@ -103,6 +104,7 @@ class RunSnapshot:
         start_entropy: float | None,
         histograms: Mapping[str, Mapping[str, Any]],
         gauges: AnalysisGauges | None = None,
+        thermostat: ThermostatGauges | None = None,
     ) -> None:
         self.run = run
         self.latest = latest
@@ -111,6 +113,7 @@ class RunSnapshot:
         self.start_entropy = start_entropy
         self.histograms = histograms
         self.gauges = gauges
+        self.thermostat = thermostat
 
 
 def _value(x: float) -> str:
@@ -238,6 +241,7 @@ def render_runs(snapshots: Iterable[RunSnapshot]) -> str:
         out.family(f"{metric}_gcount", "gauge", help_, gcount)
         out.family(f"{metric}_gsum", "gauge", help_, gsum)
     _render_analysis(snaps, out)
+    _render_thermostat(snaps, out)
     return "".join(out.parts)
 
 
@@ -295,6 +299,59 @@ def _render_analysis(snaps: list[RunSnapshot], out: _Text) -> None:
         "gauge",
         "1 when an intervention health flag is raised (Clip-Cov / KL-Cov doing nothing useful)",
         health,
+    )
+
+
+def _render_thermostat(snaps: list[RunSnapshot], out: _Text) -> None:
+    """The thermostat of each run that has one (monitor/thermostat/THERMOSTAT.md)."""
+    state, target, error, actuator, saturated = [], [], [], [], []
+    for s in snaps:
+        t = s.thermostat
+        if t is None:
+            continue
+        label = f'{{run="{s.run}"}}'
+        for name in THERMOSTAT_STATUSES:
+            value = "1.0" if name == t.status else "0.0"
+            state.append(f'{PREFIX}_thermostat_state{{run="{s.run}",state="{name}"}} {value}\n')
+        if t.target is not None:
+            target.append(f"{PREFIX}_thermostat_target_nats{label} {_value(t.target)}\n")
+        if t.error is not None:
+            error.append(f"{PREFIX}_thermostat_error{label} {_value(t.error)}\n")
+        actuator.append(
+            f'{PREFIX}_thermostat_actuator{{knob="{t.knob}",run="{s.run}"}} {_value(t.value)}\n'
+        )
+        saturated.append(
+            f"{PREFIX}_thermostat_saturated{label} {'1.0' if t.saturated else '0.0'}\n"
+        )
+    out.family(
+        f"{PREFIX}_thermostat_state",
+        "gauge",
+        "1 for the thermostat's state (off, running, overridden by a person, paused_by_fault)",
+        state,
+    )
+    out.family(
+        f"{PREFIX}_thermostat_target_nats",
+        "gauge",
+        "The thermostat's entropy target (setpoint) at its last decision, nats",
+        target,
+    )
+    out.family(
+        f"{PREFIX}_thermostat_error",
+        "gauge",
+        "ln(target / smoothed entropy) at the thermostat's last decision: > 0 entropy too low",
+        error,
+    )
+    out.family(
+        f"{PREFIX}_thermostat_actuator",
+        "gauge",
+        "The thermostat's knob as the loss sees it (0 while its loss mode is off)",
+        actuator,
+    )
+    out.family(
+        f"{PREFIX}_thermostat_saturated",
+        "gauge",
+        "1 while the actuator is at a bound and the error asks for more: it cannot hold the target",
+        saturated,
     )
 
 

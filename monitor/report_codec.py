@@ -105,6 +105,8 @@ class TopToken(_Wire):
     token_id: int | None = None
     position: int | None = None
     text: Annotated[str, Meta(max_length=256)] | None = None
+    context_before: Annotated[str, Meta(max_length=256)] | None = None
+    context_after: Annotated[str, Meta(max_length=256)] | None = None
 
 
 UserKey = Annotated[str, Meta(max_length=128)]

@@ -2,11 +2,12 @@
 -- once): its meta, control, cached analysis gauges, first step, the latest step's reports
 -- (the newest step the driver reported if it is at most ARGV[2] behind, as Store.latest) and
 -- optionally their details, and the latest reports of each rank (Store.rank_status).
--- KEYS: 1 index, 2 scalars, 3 details, 4 meta, 5 control, 6 gauges
+-- KEYS: 1 index, 2 scalars, 3 details, 4 meta, 5 control, 6 gauges, 7 thermostat
 -- ARGV: 1 want details (1/0), 2 driver lag steps, 3 steps scanned per rank, 4 scan cap,
 --   5 want rank reports (1/0)
 -- Returns {meta, control|false, gauges, first step|false, latest docs, details docs,
---   {the last reports' fields, their docs} (or {})}
+--   {the last reports' fields, their docs} (or {}), the thermostat's status, settings, target,
+--   error (each false when absent)}
 local index, scalars, details = KEYS[1], KEYS[2], KEYS[3]
 local lag, per_rank, scan_max = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local meta = redis.call('HGETALL', KEYS[4])
@@ -40,4 +41,5 @@ if #last > 0 then
     if #kept > 0 then ranks = {kept, redis.call('HMGET', scalars, unpack(kept))} end
   end
 end
-return {meta, control or false, gauges, first[2] or false, latest, hists, ranks}
+local thermostat = redis.call('HMGET', KEYS[7], 'status', 'settings', 'target', 'error')
+return {meta, control or false, gauges, first[2] or false, latest, hists, ranks, thermostat}

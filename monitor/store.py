@@ -17,7 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from entmon.wire.ids import DRIVER_RANK
 from entmon.wire.numbers import from_wire
-from monitor.api_models import AuditEntry, Control, StepPoint
+from monitor.api_models import AuditEntry, Control, StepPoint, ThermostatChange
 from monitor.merge import merge_counts, merge_stats, merge_user, with_driver
 from monitor.report_codec import StepReport, encode
 
@@ -53,6 +53,9 @@ class RunKeys:
     control: str
     audit: str
     gauges: str  # the analysis gauges of /metrics (monitor/gauges.py)
+    thermostat: str  # its settings and state (monitor/thermostat/record.py)
+    thermostat_log: str  # its decisions
+    thermostat_audit: str  # changes of its settings, overrides
 
     @classmethod
     def of(cls, run: str) -> RunKeys:
@@ -65,6 +68,9 @@ class RunKeys:
             p + "control",
             p + "audit",
             p + "gauges",
+            p + "thermostat",
+            p + "thermostat_log",
+            p + "thermostat_audit",
         )
 
 
@@ -116,10 +122,10 @@ class Store:
         self._sample = redis.register_script(SAMPLE_SCRIPT)
         self._snapshot = redis.register_script(SNAPSHOT_SCRIPT)
 
-    async def ingest(self, run: str, reports: list[StepReport]) -> tuple[list[int], Control]:
+    async def ingest(self, run: str, reports: list[StepReport]) -> tuple[list[int], Control, bool]:
         """Store reports and read the run's control in one script call: one command per
         request. Per report STORED, DUPLICATE ((rank, step) already stored) or EXPIRED (older
-        than the retention window: not stored)."""
+        than the retention window: not stored); and whether the run's thermostat is running."""
         k = RunKeys.of(run)
         now = time.time()
         if self.max_runs is not None and run not in self._listed:
@@ -129,8 +135,8 @@ class Store:
             s = r.stats
             args += [_field(r.step, r.rank), r.step, _scalars_doc(r), _details_doc(r)]
             args += [s.tokens or 0, s.detached or 0, s.penalised or 0, s.client_drops or 0]
-        keys = [k.index, k.scalars, k.details, k.meta, k.control]
-        flags, control, new_run = await self._ingest(keys, args)
+        keys = [k.index, k.scalars, k.details, k.meta, k.control, k.thermostat]
+        flags, control, new_run, thermostat = await self._ingest(keys, args)
         if new_run or now - self._listed.get(run, -math.inf) >= RUNS_REFRESH_S:
             # entmon:runs is in another cluster slot than the run's keys, so not in the script.
             # A new run (first report, or the first after a DELETE through any process) is
@@ -139,7 +145,7 @@ class Store:
             if len(self._listed) >= LISTED_MAX:  # run names come from clients: stay bounded
                 self._listed.clear()
             self._listed[run] = now
-        return [int(f) for f in flags], _control(control)
+        return [int(f) for f in flags], _control(control), thermostat == "running"
 
     async def _check_room(self, run: str) -> None:
         """Refuse a new run beyond max_runs. Asked once per run and process (then the run is
@@ -258,6 +264,28 @@ class Store:
         points = await self.steps(run, step, step)
         return points[0] if points else None
 
+    async def complete_step(self, run: str, step: int) -> StepPoint | None:
+        """The merged step once it is complete, else None. Complete: in a run with a driver
+        (its report at this step or in the DRIVER_LAG_STEPS before), when the driver's report
+        is in (it carries the whole step's entropy) and one rank's (every rank applies the same
+        control version at a step); without a driver, when every rank of `world_size` is in.
+        A later report of the step asks again, so the last one to arrive completes it."""
+        k = RunKeys.of(run)
+        fields = [f for f, _ in await self._scored(k.index, step, step)]
+        earlier = [_field(s, DRIVER_RANK) for s in range(max(step - DRIVER_LAG_STEPS, 0), step)]
+        docs = [_load_scalars(raw) for raw in await self._hmget(k.scalars, fields) if raw]
+        ranks = [d for d in docs if d["rank"] != DRIVER_RANK]
+        if not ranks:
+            return None
+        point = _merge_step(docs)
+        has_driver = point.driver or (
+            bool(earlier) and any(s is not None for s in await self.redis.zmscore(k.index, earlier))
+        )
+        if has_driver:
+            return point if point.driver else None
+        world = max(int(d.get("world_size") or 1) for d in ranks)
+        return point if point.ranks >= world else None
+
     async def rank_status(self, run: str, world_size: int) -> list[dict[str, Any]]:
         """The latest report of each rank among the run's last reports (RANK_SCAN_STEPS steps'
         worth): rank, step, control_version, time. Ranks further behind are not listed."""
@@ -294,16 +322,25 @@ class Store:
     async def set_control(
         self, run: str, expected_version: int, new: Control, entry: AuditEntry
     ) -> Control | None:
-        """Store `new` if the current version is still `expected_version`; else return the
-        current control (the caller answers 412)."""
+        """Store a person's `new` control if the current version is still `expected_version`;
+        else return the current control (the caller answers 412). A running thermostat is
+        overridden in the same step (control.lua)."""
         k = RunKeys.of(run)
+        why = f"control changed by {entry.who} (version {new.version})"
+        override = ThermostatChange(
+            version=None, who=entry.who, when=entry.when, reason=why + _colon(entry.reason),
+            enabled=True, status="overridden",
+        )  # fmt: skip
         args: list[str | int] = [
             expected_version,
             new.model_dump_json(),
             entry.model_dump_json(),
             AUDIT_CAP,
+            why,
+            override.model_dump_json(),
         ]
-        result = await self._set_control(keys=[k.control, k.audit], args=args)
+        keys = [k.control, k.audit, k.thermostat, k.thermostat_audit]
+        result = await self._set_control(keys=keys, args=args)
         if int(result[0]) == 1:
             return None
         return Control.model_validate_json(result[1]) if result[1] else Control()
@@ -316,8 +353,9 @@ class Store:
     async def delete_run(self, run: str) -> bool:
         k = RunKeys.of(run)
         removed = await self.redis.delete(
-            k.index, k.scalars, k.details, k.meta, k.control, k.audit, k.gauges
-        )
+            k.index, k.scalars, k.details, k.meta, k.control, k.audit, k.gauges,
+            k.thermostat, k.thermostat_log, k.thermostat_audit,
+        )  # fmt: skip
         removed += await self.redis.zrem(RUNS_KEY, run)
         return bool(removed)
 
@@ -366,7 +404,7 @@ class Store:
 
         def keys(run: str) -> list[str]:
             k = RunKeys.of(run)
-            return [k.index, k.scalars, k.details, k.meta, k.control, k.gauges]
+            return [k.index, k.scalars, k.details, k.meta, k.control, k.gauges, k.thermostat]
 
         if isinstance(self.redis, RedisCluster):  # slots on several nodes: concurrent calls
             gate = asyncio.Semaphore(READS_IN_FLIGHT)
@@ -401,6 +439,7 @@ class RunRead:
     latest: StepPoint | None
     histograms: dict[str, dict[str, Any]]  # of the latest step, added over ranks
     ranks: list[dict[str, Any]]  # each rank's latest report, as rank_status
+    thermostat: dict[str, str]  # its status, settings, target, error (those present)
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
@@ -408,7 +447,7 @@ def _pairs(flat: list[str]) -> dict[str, str]:
 
 
 def _run_read(run: str, reply: list[Any]) -> RunRead | None:
-    meta_flat, control, gauges_flat, first, latest_docs, detail_docs, rank_docs = reply
+    meta_flat, control, gauges_flat, first, latest_docs, detail_docs, rank_docs, thermo = reply
     meta = _pairs(meta_flat)
     if not meta:
         return None
@@ -433,7 +472,16 @@ def _run_read(run: str, reply: list[Any]) -> RunRead | None:
         latest=_merge_step(docs) if docs else None,
         histograms={n: m for n, hs in by_name.items() if (m := merge_counts(hs))},
         ranks=[ranks[r] for r in sorted(ranks)],
+        thermostat={
+            name: value
+            for name, value in zip(("status", "settings", "target", "error"), thermo, strict=True)
+            if value
+        },
     )
+
+
+def _colon(reason: str) -> str:
+    return f": {reason}" if reason else ""
 
 
 def _descending(x: float) -> float:

@@ -137,6 +137,8 @@ def test_the_wire_contract_is_pure_python() -> None:
 KNOB_TABLE = "entmon/wire/knobs.py"
 KNOB_MEANING = {
     "client/losses.py",
+    "client/entropy_bonus.py",
+    "client/monitor.py",  # policy_loss adds the entropy_coeff bonus to the loss it returns
     "client/selection.py",
     "client/stats.py",
     "client/integrations/trl.py",

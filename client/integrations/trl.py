@@ -93,8 +93,8 @@ def unsupported_options(args: Any) -> list[str]:
         problems.append("off_policy_mask_threshold: not in entmon's loss (set None)")
     if args.entropy_coef != 0.0 or args.use_adaptive_entropy:
         problems.append(
-            "entropy_coef / use_adaptive_entropy: no entropy bonus with entmon's loss (set 0.0 / "
-            "False; Clip-Cov and KL-Cov are the entropy control)"
+            "entropy_coef / use_adaptive_entropy: set 0.0 / False and use entmon's live "
+            "entropy_coeff knob (or its thermostat) for the entropy bonus"
         )
     if args.use_vllm and args.vllm_importance_sampling_correction:
         problems.append(

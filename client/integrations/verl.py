@@ -15,6 +15,13 @@ verl's own `agg_loss` for the config's `loss_agg_mode` and global batch, after v
 importance weights, exactly as verl's built-in `clip_cov` / `kl_cov` / `vanilla` do; the vanilla
 loss dual-clips at the config's `clip_ratio_c`, as verl's does.
 
+Entropy bonus: verl applies its own `actor.entropy_coeff` in the actor, outside the policy loss,
+from its static config; entmon cannot change it. entmon's live `entropy_coeff` knob (the one the
+thermostat can drive) is applied inside this loss instead, but verl hands a policy loss no
+entropy, so it goes through the score-function estimate on log_prob (client/entropy_bonus.py),
+which is right in expectation on each rollout's first update and noisier than verl's exact term.
+Keep verl's own entropy_coeff at 0 when entmon's drives the bonus, or the two add up.
+
 The Monitor: one per actor process, from `attach(monitor)` or, at the first call, created from
 ENTMON_RUN (with ENTMON_URL and ENTMON_TOKEN, which `Monitor` reads itself). verl gives a
 policy loss no step hook and no step number, so the loss finds the step boundaries itself: verl's

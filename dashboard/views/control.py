@@ -9,6 +9,7 @@ from typing import Any
 import streamlit as st
 
 from dashboard import api, preview, session
+from dashboard.views import thermostat_panel
 from entmon.wire.knobs import KNOBS, NUMERIC_KNOBS, Knob
 
 SILENT_AFTER_S = 60.0  # a run quiet this long is warned about: its ranks apply nothing until back
@@ -180,3 +181,4 @@ def render() -> None:
             st.caption("No changes yet.")
 
     rollout()
+    thermostat_panel.render(http, run)

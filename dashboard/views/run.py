@@ -7,9 +7,10 @@ from typing import Any
 
 import streamlit as st
 
-from dashboard import api, charts, session, versions
+from dashboard import api, charts, session, thermostat, top_tokens, versions
 
 # The statistics the run view draws: the API sends only these.
+AUDIT_MARKED = 1000  # control changes read to tell the thermostat's from a person's
 CHARTED = ("entropy", "reward", "cov_mean", "detached", "penalised", "candidates")
 
 
@@ -98,6 +99,22 @@ def theory_caption(analysis: dict[str, Any] | None) -> str:
     )
 
 
+def thermostat_marks(
+    http: Any, name: str, steps: list[dict[str, Any]]
+) -> tuple[thermostat.TargetLine | None, set[int]]:
+    """The thermostat's target over the charted steps and the control versions it wrote; none
+    when it was never used (or cannot be read: the chart goes on without them)."""
+    if not steps:
+        return None, set()
+    try:
+        state = api.get_thermostat(http, name)
+        audit = api.get_audit(http, name, limit=AUDIT_MARKED) if state["version"] else []
+    except api.ApiError:
+        return None, set()
+    line = thermostat.target_line(state, steps[0]["step"], steps[-1]["step"])
+    return line, thermostat.thermostat_versions(audit)
+
+
 def render() -> None:
     name = session.choose_run(key="run-view-run")
     if name is None:
@@ -120,12 +137,14 @@ def render() -> None:
         verdicts(analysis)
         floor = ((analysis or {}).get("collapse") or {}).get("floor_entropy")
         left, right = st.columns(2)
+        target, by_thermostat = thermostat_marks(http, name, steps)
         left.plotly_chart(
             charts.entropy_reward(
-                steps, floor=api.number(floor), changes=charts.version_changes(steps)
+                steps, floor=api.number(floor), changes=charts.version_changes(steps),
+                target=target, by_thermostat=by_thermostat,
             ),
             key="entropy-chart",
-        )
+        )  # fmt: skip
         right.plotly_chart(charts.law(steps, (analysis or {}).get("law")), key="law-chart")
         right.caption(law_caption(analysis))
 
@@ -154,7 +173,7 @@ def render() -> None:
         right.caption(theory_caption(analysis))
         st.subheader("Highest-covariance tokens (latest step)")
         if tokens:
-            st.dataframe(tokens, hide_index=True, key="top-tokens")
+            st.dataframe(top_tokens.rows(tokens), hide_index=True, key="top-tokens")
         else:
             st.caption("No top tokens reported for the latest step.")
         changes_table = versions.before_after(steps)

@@ -138,6 +138,35 @@ def put_control(api: str, run: str, reason: str, **knobs: Any) -> dict[str, Any]
     return body
 
 
+# The thermostat of `demo --thermostat`: bench/thermostat.py's default target, a schedule linear
+# from 0.8 to 0.1 x the start entropy over 300 steps, on the entropy bonus (the law's defaults).
+THERMOSTAT_SCHEDULE = [[0, 0.8], [299, 0.1]]
+
+
+def enable_thermostat(api: str, run: str) -> dict[str, Any]:
+    """Enable the run's thermostat the way a person would: read its version, PUT with If-Match."""
+    url = f"{api}/v1/runs/{run}/thermostat"
+    etag = httpx.get(url, timeout=5.0).raise_for_status().headers["ETag"]
+    settings = {
+        "target": {"points": THERMOSTAT_SCHEDULE, "of_start": True},
+        "knob": "entropy_coeff",
+    }
+    body = {"enabled": True, "settings": settings, "reason": "entmon demo --thermostat"}
+    response = httpx.put(url, json=body, headers={"If-Match": etag}, timeout=5.0)
+    answer: dict[str, Any] = response.raise_for_status().json()
+    return answer
+
+
+def thermostat_summary(api: str, run: str) -> str:
+    t = httpx.get(f"{api}/v1/runs/{run}/thermostat", timeout=5.0).raise_for_status().json()
+    last = t["decisions"][0]["reason"] if t["decisions"] else "none"
+    written = (t["law_state"] or {}).get("decisions", 0)
+    return (
+        f"thermostat: {t['status']}, decided up to step {t['last_step']}, {written} knob "
+        f"changes, {t['knob']} now {t['actuator_value']}; last decision: {last}"
+    )
+
+
 def run_training(
     api: str,
     *,
@@ -148,12 +177,14 @@ def run_training(
     spool_dir: Path | None = None,
     pace: float = 0.0,
     testbed: str = testbeds.DEFAULT,
+    thermostat: bool = False,
 ) -> list[Any]:
     """The testbed's GRPO run against the monitor at `api`, with a progress line on the terminal.
 
     With `switch_at`, the demo itself changes the run's loss mode through the API after that
     step, as a user would in the dashboard; the trainer picks it up at a step boundary. `pace`
-    is the least time a step takes (seconds), so a person can follow and react.
+    is the least time a step takes (seconds), so a person can follow and react. `thermostat`:
+    the service's entropy thermostat drives the entropy bonus along a falling schedule.
     """
     from client import Monitor
 
@@ -168,6 +199,8 @@ def run_training(
         clip_cov_ratio=bed.clip_cov_ratio,
         kl_cov_ratio=bed.kl_cov_ratio,
     )  # fmt: skip
+    if thermostat:
+        enable_thermostat(api, DEMO_RUN)
     start: list[float] = []
 
     def on_step(record: Any) -> None:
@@ -190,6 +223,8 @@ def run_training(
             f"{first.entropy:.3f} -> {last.entropy:.3f} ({last.entropy / first.entropy:.0%} of "
             f"start), reward {first.reward:.3f} -> {last.reward:.3f}, loss {last.loss_mode}"
         )
+    if thermostat:
+        print(thermostat_summary(api, DEMO_RUN))
     return records
 
 
@@ -204,6 +239,7 @@ def run_demo(
     switch_to: str = "kl_cov",
     pace: float | None = None,
     testbed: str = testbeds.DEFAULT,
+    thermostat: bool = False,
 ) -> int:
     port = _free_or_other(port, "monitor")
     dashboard_port = dashboard_port if headless else _free_or_other(dashboard_port, "dashboard")
@@ -245,6 +281,7 @@ def run_demo(
         run_training(
             api, steps=steps, seed=seed, switch_at=switch_at, switch_to=switch_to,
             spool_dir=data_dir / "spool", pace=pace, testbed=testbed,
+            thermostat=thermostat,
         )  # fmt: skip
         if headless:
             return 0

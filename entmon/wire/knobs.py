@@ -23,14 +23,18 @@ DEFAULT_KL_COV_RATIO = 2e-3  # fraction of valid tokens (the authors' repo uses 
 DEFAULT_PPO_KL_COEF = 1.0  # paper; verl's config default is 0.1
 DEFAULT_CLIP_RATIO_LOW = 0.2
 DEFAULT_CLIP_RATIO_HIGH = 0.2
+DEFAULT_ENTROPY_COEFF = 0.0  # off, as in verl's config and the paper's runs
 MAX_CLIP_RATIO = 10.0
+MAX_ENTROPY_COEFF = 1.0  # the bonus then outweighs a typical policy loss many times over
 
 
 @dataclass(frozen=True, kw_only=True)
 class Knob:
     """One knob. A numeric knob is a finite float within [lo, hi] (`lo_open`: lo excluded);
     a knob with `choices` is one of them. `modes` are the loss modes it acts in (empty: all).
-    `step` and `fmt` are for input widgets."""
+    `step` and `fmt` are for input widgets. `raises_entropy`: raising it raises the policy's
+    entropy (more tokens held back, a stronger hold, more room to rise, a larger bonus), so the
+    thermostat may drive it (monitor/thermostat/law.py)."""
 
     name: str
     default: float | str
@@ -44,6 +48,7 @@ class Knob:
     modes: tuple[str, ...] = ()
     step: float = 0.1
     fmt: str = "%.4f"
+    raises_entropy: bool = False
 
     @property
     def numeric(self) -> bool:
@@ -82,7 +87,7 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob(
         name="clip_cov_ratio", default=DEFAULT_CLIP_COV_RATIO, lo=0.0, hi=1.0,
-        unit="fraction of tokens", modes=("clip_cov",), step=1e-4, fmt="%.6f",
+        unit="fraction of tokens", modes=("clip_cov",), step=1e-4, fmt="%.6f", raises_entropy=True,
         label="Clip-Cov ratio (fraction of tokens detached)",
         help="Clip-Cov detaches this fraction of the valid tokens, drawn among the candidates",
     ),
@@ -98,12 +103,13 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob(
         name="kl_cov_ratio", default=DEFAULT_KL_COV_RATIO, lo=0.0, hi=1.0,
-        unit="fraction of tokens", modes=("kl_cov",), step=1e-3, fmt="%.6f",
+        unit="fraction of tokens", modes=("kl_cov",), step=1e-3, fmt="%.6f", raises_entropy=True,
         label="KL-Cov ratio k (fraction of tokens penalised)",
         help="KL-Cov penalises this fraction of the valid tokens, the highest covariances",
     ),
     Knob(
         name="ppo_kl_coef", default=DEFAULT_PPO_KL_COEF, lo=0.0, modes=("kl_cov",),
+        raises_entropy=True,
         label="KL-Cov beta (ppo_kl_coef)",
         help="weight of |log-ratio| on the tokens KL-Cov penalises",
     ),
@@ -114,12 +120,21 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob(
         name="clip_ratio_high", default=DEFAULT_CLIP_RATIO_HIGH, lo=0.0, lo_open=True,
-        hi=MAX_CLIP_RATIO, step=0.05, label="PPO clip eps_high",
+        hi=MAX_CLIP_RATIO, step=0.05, label="PPO clip eps_high", raises_entropy=True,
         help="the importance ratio is clipped above at 1 + eps_high (clip-higher: raise it)",
+    ),
+    Knob(
+        name="entropy_coeff", default=DEFAULT_ENTROPY_COEFF, lo=0.0, hi=MAX_ENTROPY_COEFF,
+        step=1e-3, fmt="%.5f", raises_entropy=True, label="Entropy bonus (entropy_coeff)",
+        help="the loss subtracts entropy_coeff x the mean token entropy (verl's "
+        "actor.entropy_coeff); 0 is off. Needs the entropy passed to policy_loss, else a "
+        "score-function estimate on log_prob is used (client/entropy_bonus.py)",
     ),
 )  # fmt: skip
 
 KNOB_BY_NAME: dict[str, Knob] = {k.name: k for k in KNOBS}
+THERMOSTAT_KNOB = "entropy_coeff"  # the knob the thermostat drives unless told: it has the
+# authority the Cov ratios lack on the toy (monitor/thermostat/THERMOSTAT.md)
 KNOB_NAMES: tuple[str, ...] = tuple(KNOB_BY_NAME)
 NUMERIC_KNOBS: tuple[Knob, ...] = tuple(k for k in KNOBS if k.numeric)
 DEFAULTS: dict[str, Any] = {k.name: k.default for k in KNOBS}

@@ -9,6 +9,7 @@ from monitor.embedded_redis import read_status
 from monitor.gauges import SCRAPE_REFRESH_MAX, AnalysisGauges, refresh
 from monitor.metrics import RunSnapshot, exposition, redis_families
 from monitor.store import RunRead, Store
+from monitor.thermostat.record import thermostat_gauges
 
 router = APIRouter(tags=["metrics"])
 
@@ -39,6 +40,7 @@ async def _snapshots(store: Store, runs: list[str]) -> list[RunSnapshot]:
                 start_entropy=g.start_entropy if g else None,  # the analysis' start: they agree
                 histograms=read.histograms,
                 gauges=g,
+                thermostat=thermostat_gauges(read.thermostat, read.control),
             )
         )
     return snapshots

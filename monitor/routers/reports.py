@@ -45,15 +45,18 @@ async def ingest(run: RunPath, request: Request) -> Response:
         raise RequestValidationError([{"type": "value_error", "loc": e.loc, "msg": str(e)}]) from e
     if reports:
         try:
-            flags, control = await store.ingest(run, reports)
+            flags, control, thermostat = await store.ingest(run, reports)
         except TooManyRuns as e:
             REPORTS_REJECTED.labels("too_many_runs").inc()
             raise HTTPException(429, str(e)) from None
     else:  # an empty batch must not create a run
-        flags, control = [], await store.control(run)
+        flags, control, thermostat = [], await store.control(run), False
     accepted, expired = flags.count(STORED), flags.count(EXPIRED)
     if accepted:
         request.app.state.gauges.note(run)  # its analysis gauges, off this request's path
+    if thermostat:  # a duplicate too: a resent last report still completes its step
+        steps = {r.step for r, flag in zip(reports, flags, strict=True) if flag != EXPIRED}
+        request.app.state.thermostat.note(run, steps)  # decided off this request's path
     REPORTS_INGESTED.labels("accepted").inc(accepted)
     REPORTS_INGESTED.labels("duplicate").inc(flags.count(DUPLICATE))
     REPORTS_INGESTED.labels("expired").inc(expired)

@@ -23,22 +23,47 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-Knob = Literal["kl_cov_ratio", "clip_cov_ratio", "ppo_kl_coef", "clip_ratio_high", "entropy_coeff"]
-KNOBS: tuple[Knob, ...] = get_args(Knob)
-"""Every knob raises entropy when raised (more tokens held back, a stronger penalty on them, a
-higher clip bound for rising tokens, a larger bonus), so the law has one sign for all."""
+from entmon.wire import knobs as wire_knobs
+
+Knob = str
+"""A knob of the control table (entmon/wire/knobs.py) that the thermostat may drive."""
+
+KNOBS: tuple[Knob, ...] = tuple(k.name for k in wire_knobs.KNOBS if k.raises_entropy)
+"""The table's knobs marked `raises_entropy`: raising each raises entropy (more tokens held back,
+a stronger penalty on them, a higher clip bound for rising tokens, a larger bonus), so the law has
+one sign for all."""
 
 LOSS_MODE: dict[Knob, str | None] = {
-    "kl_cov_ratio": "kl_cov",
-    "clip_cov_ratio": "clip_cov",
-    "ppo_kl_coef": "kl_cov",
-    "clip_ratio_high": None,  # any mode
-    "entropy_coeff": None,  # a term added to any mode's loss
+    k.name: (k.modes[0] if k.modes else None) for k in wire_knobs.KNOBS if k.raises_entropy
 }
 """The loss mode a knob acts through (None: it acts in every mode)."""
+
+MODE_KNOB = "loss_mode"
+"""The control's knob that selects the loss mode (engaged with a knob of LOSS_MODE)."""
+
+
+def acting_value(knob: Knob, lower: float, knobs: Mapping[str, Any]) -> float:
+    """The knob's value as the loss sees it in the control `knobs`: its setting when its loss
+    mode is engaged (or it acts in every mode), else `lower` (it does nothing: a ratio of a
+    mode that is off acts as 0, so raising it re-enters at the floor, without a dead zone)."""
+    mode = LOSS_MODE[knob]
+    if mode is not None and knobs.get(MODE_KNOB) != mode:
+        return lower
+    return float(knobs[knob])
+
+
+def knob_changes(knob: Knob, knobs: Mapping[str, Any], value: float) -> dict[str, Any]:
+    """The control changes that set `knob` to `value` and engage the loss mode it acts in."""
+    changes: dict[str, Any] = {knob: value}
+    mode = LOSS_MODE[knob]
+    if mode is not None and knobs.get(MODE_KNOB) != mode:
+        changes[MODE_KNOB] = mode
+    return changes
+
 
 DEFAULT_UPPER: dict[Knob, float] = {
     "kl_cov_ratio": 1.0,
@@ -170,7 +195,7 @@ class Settings:
     """
 
     target: Target
-    knob: Knob = "entropy_coeff"
+    knob: Knob = wire_knobs.THERMOSTAT_KNOB
     lower: float = 0.0
     upper: float | None = None  # None: DEFAULT_UPPER[knob]
     floor: float | None = None  # None: upper * DEFAULT_FLOOR_FRACTION

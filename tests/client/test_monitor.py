@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -39,6 +40,12 @@ def test_the_micro_batches_of_a_step_become_one_report_with_histograms_and_top_t
     assert top and all(t["text"] == f"<{t['token_id']}>" for t in top)
     covs = [t["cov"] for t in top]
     assert covs == sorted(covs, reverse=True)
+    # each in context: the stored neighbours are the ones around it in its response
+    rows = torch.cat([mb["token_ids"] for mb in batches])
+    t = next(t for t in top if t.get("context_before"))
+    (row,) = [r for r in range(len(rows)) if int(rows[r, t["position"]]) == t["token_id"]][:1]
+    left = rows[row, max(t["position"] - 4, 0) : t["position"]].tolist()
+    assert t["context_before"] == Decoder().decode(left)
 
 
 def test_the_loss_is_the_one_the_current_control_names() -> None:
@@ -49,6 +56,58 @@ def test_the_loss_is_the_one_the_current_control_names() -> None:
         expected, _ = policy_loss(**inputs, control=mon.control)
     assert torch.equal(loss, expected)
     assert info["penalised"].item() == 0 and mon.control.loss_mode == "vanilla"
+
+
+def test_entropy_coeff_adds_the_bonus_directly_when_the_entropy_has_a_gradient(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    mb = micro_batch(3)
+    inputs = {k: v for k, v in mb.items() if k not in ("entropy", "token_ids")}
+    entropy = mb["entropy"].clone().requires_grad_()
+    with Monitor(run="offline", url="http://127.0.0.1:9", config=FAST) as mon:
+        mon.control = replace(mon.control, entropy_coeff=0.1)
+        loss, _ = mon.policy_loss(**inputs, entropy=entropy)
+        vanilla, _ = policy_loss(**inputs, control=mon.control)
+    mask = inputs["response_mask"]
+    torch.testing.assert_close(loss, vanilla - 0.1 * (entropy * mask).sum() / mask.sum())
+    (grad,) = torch.autograd.grad(loss, entropy)
+    torch.testing.assert_close(grad, -0.1 * mask / mask.sum())
+    assert "score-function" not in caplog.text
+
+
+def test_entropy_coeff_without_an_entropy_gradient_uses_the_estimate_and_says_so_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    mb = micro_batch(4)
+    log_prob = mb["log_prob"].clone().requires_grad_()
+    inputs = {"old_log_prob": mb["old_log_prob"], "advantages": mb["advantages"],
+              "response_mask": mb["response_mask"]}  # fmt: skip
+    with (
+        caplog.at_level(logging.WARNING),
+        Monitor(run="offline", url="http://127.0.0.1:9", config=FAST) as mon,
+    ):
+        off, _ = mon.policy_loss(log_prob, **inputs, entropy=mb["entropy"])
+        (grad_off,) = torch.autograd.grad(off, log_prob)
+        mon.control = replace(mon.control, entropy_coeff=0.1)
+        for entropy in (mb["entropy"], None, mb["entropy"]):
+            on, _ = mon.policy_loss(log_prob, **inputs, entropy=entropy)
+        (grad_on,) = torch.autograd.grad(on, log_prob)
+    assert not torch.allclose(grad_on, grad_off)  # the bonus pushes the log-probs
+    assert caplog.text.count("score-function estimate on log_prob") == 1
+
+
+def test_an_entropy_bonus_that_cannot_be_formed_is_logged_and_the_loss_stays(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    mb = micro_batch(5)
+    inputs = {k: v for k, v in mb.items() if k != "token_ids"}  # nothing has a gradient
+    with Monitor(run="offline", url="http://127.0.0.1:9", config=FAST) as mon:
+        mon.control = replace(mon.control, entropy_coeff=0.1)
+        loss, _ = mon.policy_loss(**inputs)
+        vanilla, _ = policy_loss(**{k: v for k, v in inputs.items() if k != "entropy"},
+                                 control=mon.control)  # fmt: skip
+    torch.testing.assert_close(loss, vanilla)
+    assert "entropy bonus not applied: entropy carries no gradient" in caplog.text
 
 
 def test_an_aggregate_makes_the_loss_and_the_statistic_stays_the_token_mean(

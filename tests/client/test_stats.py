@@ -116,6 +116,34 @@ def test_top_tokens_are_the_highest_covariance_valid_tokens() -> None:
         assert 0.0 <= t["entropy"] <= 5.0
 
 
+def test_a_top_token_comes_with_its_neighbours_in_its_own_response() -> None:
+    batch = make(2, B=6, T=12)
+    B, T = batch["log_prob"].shape
+    batch["token_ids"] = torch.arange(B * T).view(B, T) + 1000  # id -> (row, position)
+
+    class Ids:
+        def decode(self, ids: list[int]) -> str:
+            return " ".join(str(i) for i in ids)
+
+    acc = StepAccumulator(top_tokens=16)
+    for b in parts(batch, 2):  # the context survives the merge of micro-batches
+        add(acc, b)
+    top = acc.pack().unpack(tokenizer=Ids())["top_tokens"]
+    assert len(top) == 16
+    valid = batch["response_mask"] > 0
+    for t in top:
+        row, pos = divmod(t["token_id"] - 1000, T)
+        assert pos == t["position"]
+        before = [p for p in range(pos - 4, pos) if p >= 0]
+        after = [p for p in range(pos + 1, pos + 5) if p < T and valid[row, p]]
+        assert t.get("context_before") == (
+            " ".join(str(1000 + row * T + p) for p in before) or None
+        ), t
+        assert t.get("context_after") == (" ".join(str(1000 + row * T + p) for p in after) or None)
+    assert any(t.get("context_after") is None for t in top)  # some ends of responses seen
+    assert any(t.get("context_before") and t.get("context_after") for t in top)
+
+
 @pytest.mark.parametrize("mode", ["vanilla", "clip_cov", "kl_cov"])
 def test_loss_statistics_are_token_weighted_and_mode_specific(mode: str) -> None:
     batch = make(2, B=8, T=400)

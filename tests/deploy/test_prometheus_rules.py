@@ -33,6 +33,8 @@ REQUIRED_ALERTS = {
     "KLCovOnPolicy",
     "ClientDroppingReports",
     "RewardNearCeiling",
+    "ThermostatSaturated",
+    "ThermostatPausedByFault",
     "MonitorDown",
     "ReportsRejected",
 }

@@ -54,6 +54,7 @@ def exposed_metric_names() -> set[str]:
     from monitor.api_models import Control, StepPoint
     from monitor.gauges import AnalysisGauges
     from monitor.metrics import SERVICE_REGISTRY, STEP_GAUGES, RunSnapshot, render_runs
+    from monitor.thermostat.record import ThermostatGauges
 
     # A run whose entropy decays and whose reward follows the law: every analysis gauge is set.
     points = [
@@ -83,6 +84,9 @@ def exposed_metric_names() -> set[str]:
             },
         },
         gauges=AnalysisGauges.of(analyse("r", points, Control()), 19, 0),
+        thermostat=ThermostatGauges(
+            status="running", knob="k", value=1.0, lower=0.0, upper=1.0, target=1.0, error=0.1
+        ),
     )
     text = render_runs([snapshot])
     names = {s.name for family in text_string_to_metric_families(text) for s in family.samples}

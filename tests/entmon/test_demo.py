@@ -70,3 +70,19 @@ def test_headless_demo_runs_the_lm_testbed(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "step 3/3" in result.stdout and "trained 3 steps" in result.stdout
+
+
+def test_headless_demo_with_the_thermostat_decides_every_step(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTMON_")}
+    env["ENTMON_DATA_DIR"] = str(tmp_path / "data")
+    result = subprocess.run(
+        [sys.executable, "-m", "entmon.cli", "demo", "--headless", "--steps", "25",
+         "--thermostat"],
+        env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = re.search(r"thermostat: (\w+), decided up to step (\d+)", result.stdout)
+    assert summary is not None, result.stdout[-2000:]
+    # running on the toy's steps (the last one or two may still be in flight at the summary)
+    assert summary[1] == "running" and int(summary[2]) >= 20
+    assert "target" in result.stdout.rpartition("last decision:")[2]

@@ -58,7 +58,8 @@ def actor_config(c: Control | None, batch_info: dict[str, Any], **fields: Any) -
     knobs: dict[str, Any] = {"loss_mode": "entmon"}
     clip = {}
     if c is not None:
-        knobs = {k: v for k, v in c.knobs().items() if not k.startswith("clip_ratio")}
+        # the clip ratios and entropy_coeff are actor fields in verl, not policy-loss ones
+        knobs = {k: v for k, v in c.knobs().items() if k in PolicyLossConfig.__dataclass_fields__}
         clip = {"clip_ratio_low": c.clip_ratio_low, "clip_ratio_high": c.clip_ratio_high}
     config = ActorConfig(
         strategy="fsdp",
