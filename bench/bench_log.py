@@ -14,6 +14,8 @@ realistic report: about 30 scalars, two 64-bucket histograms, 8 top tokens (time
 Competitors get precomputed histograms, so the comparison favours them. The "floor" row times a
 call that only copies a dict: the noise of this machine and of the harness. "entmon-down" is
 entmon with the monitor unreachable (nothing listens on its port): every report goes to the spool.
+"entmon-silent" is entmon with a monitor that accepts connections and never answers; it also
+prints how long close(2) took and whether a reporter thread was left.
 
     .venv/bin/python bench/bench_log.py [--steps 2000] [--rounds 3] [--only entmon,wandb,...]
     (wandb and tensorboard: pip install "entmon[bench]")
@@ -26,6 +28,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +41,7 @@ from bench.realistic import STATS, USER, realistic_report
 from client import Control, Monitor
 from client.losses import policy_loss
 from monitor.embedded_redis import EmbeddedRedis, free_port
+from tests.client.conftest import SilentServer
 from tests.conftest import ServerProcess
 
 WARMUP = 50
@@ -177,6 +181,34 @@ def bench_tensorboard(steps: int, workdir: Path) -> list[float]:
     return latencies
 
 
+def bench_entmon_silent(steps: int, workdir: Path) -> list[float]:
+    """A monitor that accepts connections and never answers (a hung service): log() must not
+    notice; close(2) must return in about 2 s with the reporter thread ended (its duration is
+    printed here: tests/client/test_transport.py asserts only that it returns and what it left)."""
+    mb = micro_batch()
+    user = dict(USER)
+    server = SilentServer()
+    try:
+        mon = Monitor(run="bench-silent", url=server.url, spool_dir=workdir)
+
+        def work(step: int) -> None:
+            mon.policy_loss(**mb)
+
+        latencies = timed(steps, work, lambda s: mon.log(s, reward=0.7, **user))
+        started = time.monotonic()
+        mon.close(2)
+        closed_in = time.monotonic() - started
+        alive = [t for t in threading.enumerate() if t.name == "entmon-reporter" and t.is_alive()]
+        print(
+            f"entmon-silent: close(2) returned in {closed_in:.2f} s, reporter threads left: "
+            f"{len(alive)}, dropped: {mon.dropped}",
+            file=sys.stderr,
+        )
+    finally:
+        server.close()
+    return latencies
+
+
 def bench_floor(steps: int, workdir: Path) -> list[float]:
     """The harness alone (a call that builds a small dict): this machine's noise floor."""
     return timed(steps, training_work(), lambda s: dict(SCALARS))
@@ -186,6 +218,7 @@ BENCHES = {
     "floor": bench_floor,
     "entmon": bench_entmon,
     "entmon-down": bench_entmon_down,
+    "entmon-silent": bench_entmon_silent,
     "wandb": bench_wandb,
     "tensorboard": bench_tensorboard,
 }

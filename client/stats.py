@@ -23,7 +23,9 @@ How micro-batches combine into the step's statistics (all token-weighted):
 - covariance is computed per micro-batch around that micro-batch's means, the same selection
   unit the reference's Clip-Cov / KL-Cov use;
 - cov_top_concentration is the mean covariance of the top 0.02% valid tokens of the step (at
-  least one) divided by the step's mean covariance (the paper reports about 1800);
+  least one) divided by the step's mean covariance (the paper reports about 1800); left out when
+  the step has no covariance at all (every advantage equal, as when all of GRPO's groups score
+  alike): 0 / 0 is no divergence and must not raise the non-finite alarm;
 - histograms add counts on the fixed layouts of `entmon.wire.layouts`; NaN goes to `nonfinite`.
 Non-finite inputs are never dropped: a NaN log-prob or entropy makes the means NaN and shows in
 the histograms' `nonfinite` counts.
@@ -422,7 +424,9 @@ def _combine(
     stats["cov_max"] = top_cov[0]  # NaN when there is one: topk ranks it first
     k = max(int(L.top_fraction * N), 1)  # the top 0.02% of the step's tokens, at least one
     top = top_cov[:k]
-    stats["cov_top_concentration"] = _ratio(math.fsum(top) / len(top), stats["cov_mean"])
+    top_mean = math.fsum(top) / len(top)
+    if top_mean != 0 or stats["cov_mean"] != 0:  # both 0: every advantage equal, no covariance
+        stats["cov_top_concentration"] = _ratio(top_mean, stats["cov_mean"])
     stats["response_length"] = N / max(sum(r["rows"] for r in rows), 1.0)
     if any(r["ent_tokens"] for r in rows):
         ent_tokens = sum(r["ent_tokens"] for r in rows)

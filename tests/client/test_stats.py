@@ -240,6 +240,17 @@ def test_empty_and_all_masked_steps() -> None:
     assert out["histograms"]["entropy"]["nonfinite"] == 0
 
 
+def test_a_step_whose_advantages_are_all_equal_reports_no_nan() -> None:
+    """GRPO groups that all scored alike: no covariance at all, which is no divergence."""
+    batch = make(3)
+    batch["advantages"] = torch.zeros_like(batch["advantages"])
+    acc = StepAccumulator()
+    add(acc, batch)
+    stats = acc.pack().unpack()["stats"]
+    assert stats["cov_mean"] == 0 and "cov_top_concentration" not in stats
+    assert all(math.isfinite(v) for v in stats.values())
+
+
 def test_non_finite_values_are_reported() -> None:
     b = make(5)
     b["entropy"][0, 0] = math.nan

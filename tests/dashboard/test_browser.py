@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from playwright.sync_api import Page, expect
 from entmon.commands import dashboard_command
 from monitor.embedded_redis import free_port
 from tests.conftest import ServerProcess
+from tests.monitor.thermostat_plant import Plant
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -96,3 +98,53 @@ def test_every_page_url_reloads_and_a_shared_run_link_opens_the_run(
         page.reload()
         expect(page.get_by_text(text).first).to_be_visible(timeout=30_000)
         expect(page.get_by_text("Page not found")).to_have_count(0)
+
+
+def test_the_thermostat_is_enabled_on_the_control_page_and_its_work_shows_on_the_run_page(
+    dashboard: str, streamed: ServerProcess, page: Page, tmp_path: Path
+) -> None:
+    """A run whose entropy follows the KL-Cov ratio trains beside the browser; the person enables
+    the thermostat on the Control page; the Run page then shows the target line and the control
+    changes the thermostat made, apart from a person's."""
+    stop = threading.Event()
+
+    def train() -> None:
+        with Plant([streamed.url], "thermo") as plant:
+            while not stop.is_set() and plant.step < 5000:
+                plant.run_step()
+                stop.wait(0.05)  # a step every ~50 ms: the run goes on while the page is used
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    try:
+        page.goto(f"{dashboard}/control?run=thermo")
+        expect(page.get_by_text("Thermostat off")).to_be_visible(timeout=30_000)
+        page.get_by_text("Enabled", exact=True).click()
+        page.get_by_label("Knob it drives").click()
+        page.get_by_role("option", name="KL-Cov ratio k (fraction of tokens penalised)").click()
+        page.get_by_text("nats", exact=True).click()
+        schedule = page.get_by_role("textbox", name="Target: a value, or step:value points")
+        schedule.fill("2.0")  # above the run's 1.5 nats: the thermostat must raise the knob
+        page.get_by_role("button", name="Apply thermostat").click()
+        expect(page.get_by_text("Thermostat enabled")).to_be_visible(timeout=30_000)
+        save(page, tmp_path, "dashboard-thermostat.png")
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # a thermostat change that a step then ran
+            audit = httpx.get(f"{streamed.url}/v1/runs/thermo/audit").json()["entries"]
+            written = [e["version"] for e in audit if e["who"] == "thermostat"]
+            ran = httpx.get(f"{streamed.url}/v1/runs/thermo").json()["latest"]["control_version"]
+            if written and ran >= min(written) + 1:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"no thermostat change ran: {audit}")
+
+        page.goto(f"{dashboard}/run?run=thermo")
+        chart = page.locator(".js-plotly-plot").first
+        expect(chart.get_by_text("thermostat target")).to_be_visible(timeout=30_000)
+        expect(chart.get_by_text("thermostat change")).to_be_visible(timeout=30_000)
+    finally:
+        stop.set()
+        trainer.join(60)
+    assert not trainer.is_alive()

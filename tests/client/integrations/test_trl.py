@@ -122,22 +122,34 @@ def wait_for_stored(url: str, run: str, step: int) -> None:
     raise AssertionError(f"step {step} of {run} not stored after {WAIT_S}s")
 
 
-class SwitchToKLCov(TrainerCallback):
-    """At the end of step `at`, switch the run to KL-Cov through the API. Each step also waits
-    until the monitor has stored the step before it: the client has then had an answer (with the
-    newest control) before this step ends, which bounds when a change can apply."""
+class WaitForAnswers(TrainerCallback):
+    """Each step waits until the monitor has stored the step before it: the client has then had
+    an answer (with the newest control) before this step ends, which bounds when a change can
+    apply."""
+
+    def __init__(self, url: str, run: str) -> None:
+        self.url, self.run = url, run
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
+    ) -> None:
+        if state.global_step > 1:
+            wait_for_stored(self.url, self.run, state.global_step - 1)
+
+
+class SwitchToKLCov(WaitForAnswers):
+    """At the end of step `at`, switch the run to KL-Cov through the API."""
 
     def __init__(self, url: str, run: str, at: int) -> None:
-        self.url, self.run, self.at = url, run, at
+        super().__init__(url, run)
+        self.at = at
         self.version: int | None = None
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_: Any
     ) -> None:
-        step = state.global_step
-        if step > 1:
-            wait_for_stored(self.url, self.run, step - 1)
-        if step == self.at:
+        super().on_step_end(args, state, control)
+        if state.global_step == self.at:
             self.version = put_control(
                 self.url, self.run, loss_mode="kl_cov", kl_cov_ratio=0.25, ppo_kl_coef=1.0
             )
@@ -192,6 +204,40 @@ def test_every_step_reports_and_a_control_change_mid_run_applies_at_a_step_bound
     assert any(stored[s]["stats"]["tokens"] > 16 for s in stored)
     top = httpx.get(f"{server.url}/v1/runs/{run}/top_tokens").json()["tokens"]
     assert top and all(t["text"] in WORDS for t in top)  # decoded with the trainer's tokenizer
+
+
+def test_the_thermostat_drives_a_trl_run_and_its_changes_apply(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The thermostat on the entropy bonus, through TRL unchanged: a target above the policy's
+    entropy (ln 48 = 3.87 nats at most) makes it raise entropy_coeff; TRL's steps run its
+    versions, the bonus through the score-function estimate (TRL's entropy has no gradient)."""
+    run, steps = "trl-thermo", 8
+    r = httpx.put(
+        f"{server.url}/v1/runs/{run}/thermostat",
+        json={"enabled": True, "settings": {"target": {"points": [[0, 10.0]]},
+                                             "knob": "entropy_coeff"}},
+        headers={"If-Match": '"0"'},
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    args = grpo_config(tmp_path, max_steps=steps)
+    trainer = EntmonGRPOTrainer(
+        model=tiny_model(), reward_funcs=count_w7, args=args, train_dataset=prompts(),
+        processing_class=tiny_tokenizer(), callbacks=[WaitForAnswers(server.url, run)], run=run,
+        monitor_url=server.url,
+    )  # fmt: skip
+    trainer.train()
+    stored = stored_steps(server.url, run)
+    assert [s["step"] for s in stored] == list(range(1, steps + 1))
+    audit = httpx.get(f"{server.url}/v1/runs/{run}/audit").json()["entries"]
+    by_thermostat = {e["version"]: e["new"] for e in audit if e["who"] == "thermostat"}
+    ran = [s["control_version"] for s in stored]
+    applied = [v for v in ran if v in by_thermostat]
+    assert applied, (ran, audit)  # steps ran the thermostat's versions
+    assert all(by_thermostat[v]["entropy_coeff"] > 0 for v in applied)
+    state = httpx.get(f"{server.url}/v1/runs/{run}/thermostat").json()
+    assert state["status"] == "running", state["reason"]  # zero-advantage steps are no fault
+    assert state["last_step"] >= steps - 1
 
 
 # -- the loss of one micro-batch, without generation ------------------------------------------
