@@ -87,6 +87,27 @@ def test_ctrl_c_stops_the_demo_and_its_processes_saying_so_once(tmp_path: Path) 
             pass
 
 
+def test_headless_demo_runs_the_lm_testbed(tmp_path: Path) -> None:
+    import torch
+
+    from entmon.demo.testbed.model import TraceLM
+    from entmon.demo.testbed.pretrain import PretrainConfig
+    from monitor.embedded_redis import free_port
+
+    cfg = PretrainConfig()  # a fresh model in the cache stands in for the pretrained one
+    (tmp_path / "cache").mkdir()
+    torch.save(TraceLM(cfg.model).state_dict(), tmp_path / "cache" / f"testbed-lm-{cfg.key()}.pt")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTMON_")}
+    env["ENTMON_CACHE_DIR"] = str(tmp_path / "cache")
+    result = subprocess.run(
+        [sys.executable, "-m", "entmon.cli", "demo", "--headless", "--testbed", "lm",
+         "--steps", "3", "--port", str(free_port())],
+        env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "3/3 done" in result.stdout and "trained 3 steps" in result.stdout
+
+
 def test_headless_demo_with_the_thermostat_decides_every_step(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENTMON_")}
     env["ENTMON_DATA_DIR"] = str(tmp_path / "data")
