@@ -1,12 +1,13 @@
-"""Reproduce the paper's mechanism on the CPU toy: baseline GRPO vs Clip-Cov vs KL-Cov.
+"""Reproduce the paper's mechanism on a CPU testbed: baseline GRPO vs Clip-Cov vs KL-Cov.
 
-Runs entmon/demo/toy.py (the `entmon demo` trainer) for each method and seed, then prints and
-writes (JSON + PNG) what Cui et al. (2025) claim, measured on the toy:
+Runs a testbed's trainer (`--testbed toy`: entmon/demo/toy.py, the default; `--testbed lm`: the
+pretrained tiny LM of entmon/demo/testbed/) for each method and seed, then prints and writes
+(JSON + PNG) what Cui et al. (2025) claim, measured on it:
 - the baseline's entropy collapses (entropy at the last step relative to the start);
 - Clip-Cov and KL-Cov end with a higher reward than the baseline, by more than the seed spread,
   and keep more entropy over the second half of training;
 - the law R = -a exp(H) + b fitted on the baseline (monitor.analysis.fit_law: R^2, predicted
-  ceiling b - a against the reward reached);
+  ceiling b - a against the reward reached; the fit on the first 36 steps scored on the rest);
 - how concentrated the per-token covariance is (mean of the top 0.02% over the mean).
 
 No server: each run calls the client's own `policy_loss` under a fixed `Control` and its
@@ -15,6 +16,7 @@ run costs what training costs. The demo goes through the real `Monitor` and serv
 
     python bench/reproduce.py                      # 3 methods x 3 seeds x 300 steps
     python bench/reproduce.py --steps 40 --seeds 0 --out /tmp/r   # a quick look
+    python bench/reproduce.py --testbed lm         # the pretrained LM: docs/reproduce-lm.*
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from client import Control, StepAccumulator, policy_loss, token_covariance
-from entmon.demo.toy import TOY_CLIP_COV_RATIO, TOY_KL_COV_RATIO, ToyConfig, train
-from monitor.analysis import fit_law
+from entmon.demo import testbeds
+from entmon.demo.toy import ToyConfig
+from monitor.analysis import fit_law, track_record
 from monitor.api_models import StepPoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,11 +55,12 @@ SWITCH = ">"  # in a run name: "vanilla>kl_cov@100" switches to KL-Cov after ste
 SWITCH_WINDOWS = ((0, 10), (20, 30), (45, 55))  # steps after the switch, averaged
 
 
-def control_for(method: str) -> Control:
-    """The toy's knobs: the paper's except the two ratios, scaled (see the module docstring
-    of entmon/demo/toy.py and the README)."""
+def control_for(method: str, testbed: str = testbeds.DEFAULT) -> Control:
+    """A testbed's knobs: the paper's except the two ratios, scaled to its mini-batches (see
+    entmon/demo/testbeds.py and the README)."""
+    bed = testbeds.load(testbed)
     return Control(
-        loss_mode=method, clip_cov_ratio=TOY_CLIP_COV_RATIO, kl_cov_ratio=TOY_KL_COV_RATIO
+        loss_mode=method, clip_cov_ratio=bed.clip_cov_ratio, kl_cov_ratio=bed.kl_cov_ratio
     )
 
 
@@ -106,21 +110,22 @@ def concentration(cov: Tensor, fraction: float = TOP_FRACTION) -> float:
     return float(cov.topk(k).values.mean() / cov.mean())
 
 
-def run_one(job: tuple[str, int, int, dict[str, Any]]) -> dict[str, Any]:
-    method, seed, steps, overrides = job
+def run_one(job: tuple[str, int, int, dict[str, Any], str]) -> dict[str, Any]:
+    method, seed, steps, overrides, testbed = job
+    bed = testbeds.load(testbed)
     knobs = {k: v for k, v in overrides.items() if k in Control.__dataclass_fields__}
-    cfg = ToyConfig(
+    cfg = bed.config(
         seed=seed, steps=steps, **{k: v for k, v in overrides.items() if k not in knobs}
     )
     switch = None
     if SWITCH in method:  # "vanilla>kl_cov@100": the demo's dashboard switch, offline
         first, rest = method.split(SWITCH)
         to, at = rest.split("@")
-        switch = (int(at), control_for(to).replace(**knobs))
+        switch = (int(at), control_for(to, testbed).replace(**knobs))
         method = first
-    mon = OfflineMonitor(control_for(method).replace(**knobs), switch)
+    mon = OfflineMonitor(control_for(method, testbed).replace(**knobs), switch)
     t0 = time.perf_counter()
-    records = train(cfg, mon)
+    records = bed.train(cfg, mon)
     seconds = time.perf_counter() - t0
     pooled = [
         concentration(torch.cat(mon.covariances[i : i + POOL_STEPS]))
@@ -143,6 +148,32 @@ def run_one(job: tuple[str, int, int, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def prior_entropy(cfg: Any, samples: int = 2048) -> dict[str, float]:
+    """The LM testbed before RL: token entropy of answers sampled from the pretrained model on
+    the RL prompts (the issue's target: median below 0.1 nats, the top 20% of tokens carrying
+    at least 80% of the entropy, as in a language model)."""
+    from client import token_entropy
+    from entmon.demo.testbed.pretrain import load_pretrained
+    from entmon.demo.testbed.task import PromptPool, reward
+
+    torch.set_num_threads(1)
+    model = load_pretrained(cfg.pretrain, cfg.cache_dir)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pool = PromptPool(cfg.pool, cfg.seed)
+    prompts = pool.prompts[pool.draw(samples, gen)]
+    answers = model.sample(prompts, gen)
+    with torch.no_grad():
+        h = token_entropy(model.answer_logits(prompts, answers)).flatten()
+    ranked = h.sort(descending=True).values
+    return {
+        "tokens": float(h.numel()),
+        "mean": float(h.mean()),
+        "median": float(h.median()),
+        "top20_share": float(ranked[: h.numel() // 5].sum() / ranked.sum()),
+        "reward": float(reward(prompts, answers).mean()),
+    }
+
+
 def summarise_run(run: dict[str, Any]) -> dict[str, float]:
     H, R = run["entropy"], run["reward"]
     n = len(H)
@@ -156,13 +187,22 @@ def summarise_run(run: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def law(run: dict[str, Any], smooth: int) -> dict[str, Any]:
-    points = [
+def _points(run: dict[str, Any]) -> list[StepPoint]:
+    return [
         StepPoint(step=i, ranks=1, stats={"entropy": h, "reward": r})
         for i, (h, r) in enumerate(zip(run["entropy"], run["reward"], strict=True))
     ]
-    fit = fit_law(points, smooth=smooth)
+
+
+def law(run: dict[str, Any], smooth: int) -> dict[str, Any]:
+    fit = fit_law(_points(run), smooth=smooth)
     return fit.model_dump(include={"a", "b", "r2", "ceiling", "ceiling_low", "ceiling_high"})
+
+
+def early_fit(run: dict[str, Any]) -> dict[str, Any]:
+    """The paper's test: the law fitted on the first 36 steps, scored on every later step."""
+    record = track_record(_points(run))
+    return record.model_dump(include={"fit_steps", "ceiling", "predicted", "rmse", "relative_rmse"})
 
 
 def switch_summary(
@@ -220,6 +260,7 @@ def summarise(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
             "per_seed_smooth1": [law(r, 1) for r in base],
             f"per_seed_smooth{LAW_SMOOTH}": [law(r, LAW_SMOOTH) for r in base],
             "reward_reached": [summarise_run(r)["final_reward"] for r in base],
+            "early_fit": [early_fit(r) for r in base],
         }
     switched = sorted({r["method"] for r in runs if SWITCH in r["method"]}, key=_switch_step)
     if switched and "vanilla" in by:
@@ -239,19 +280,17 @@ def summarise(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
     return out
 
 
-def report(summary: dict[str, Any], cfg: ToyConfig, seeds: list[int]) -> str:
+def report(
+    summary: dict[str, Any], cfg: Any, seeds: list[int], testbed: str = testbeds.DEFAULT
+) -> str:
     lines = []
     ms = summary["methods"]
     base = ms.get("vanilla")
+    bed = testbeds.load(testbed)
+    lines.append(f"{bed.describe(cfg)}, seeds {seeds}, {cfg.steps} steps")
     lines.append(
-        f"toy: {cfg.pool} prompts with secret {cfg.code_len}-digit codes, "
-        f"{cfg.prompts_per_step} prompts x {cfg.group_size} answers = {cfg.tokens_per_step} "
-        f"tokens/step, {cfg.mini_batches} updates/rollout, lr {cfg.lr}, seeds {seeds}, "
-        f"{cfg.steps} steps"
-    )
-    lines.append(
-        f"knobs: clip_cov_ratio {TOY_CLIP_COV_RATIO} kl_cov_ratio {TOY_KL_COV_RATIO} "
-        "(paper 2e-4 / 2e-3, x100), clip_cov_lb/ub 1/5, ppo_kl_coef 1, clip ratios 0.2/0.2"
+        f"knobs: clip_cov_ratio {bed.clip_cov_ratio} kl_cov_ratio {bed.kl_cov_ratio} "
+        f"({bed.ratio_note}), clip_cov_lb/ub 1/5, ppo_kl_coef 1, clip ratios 0.2/0.2"
     )
     header = (
         f"{'method':16} {'reward start':>12} {'reward end':>15} {'H end/start':>12} "
@@ -290,10 +329,19 @@ def report(summary: dict[str, Any], cfg: ToyConfig, seeds: list[int]) -> str:
                 if f["r2"] is None:
                     lines.append(f"{name}: not enough data")
                     continue
+                inside = f["ceiling_low"] <= reached <= f["ceiling_high"]
                 lines.append(
                     f"{name}: a {f['a']:.4f} b {f['b']:.4f} R^2 {f['r2']:.3f} "
                     f"ceiling {f['ceiling']:.3f} [{f['ceiling_low']:.3f}, "
-                    f"{f['ceiling_high']:.3f}] vs reached {reached:.3f}"
+                    f"{f['ceiling_high']:.3f}] vs reached {reached:.3f} "
+                    f"({'inside' if inside else 'outside'})"
+                )
+        for seed, e in zip(seeds, lw["early_fit"], strict=True):
+            if e["relative_rmse"] is not None:
+                lines.append(
+                    f"law fitted on baseline seed {seed}'s first {e['fit_steps']} steps, "
+                    f"predicting the next {e['predicted']}: RMSE {e['rmse']:.4f}, relative "
+                    f"{e['relative_rmse']:.1%}, ceiling {e['ceiling']:.3f}"
                 )
     for sw in summary.get("switch", []):
         at, rows = sw["at"], sw["per_seed"]
@@ -329,7 +377,11 @@ def report(summary: dict[str, Any], cfg: ToyConfig, seeds: list[int]) -> str:
 
 
 def plot(
-    runs: list[dict[str, Any]], summary: dict[str, Any], methods: list[str], path: Path
+    runs: list[dict[str, Any]],
+    summary: dict[str, Any],
+    methods: list[str],
+    path: Path,
+    reward_label: str = "reward (digits in place / 4)",
 ) -> None:
     import matplotlib
 
@@ -355,7 +407,7 @@ def plot(
             ax.plot(torch.arange(mean.shape[0]), mean, color=COLORS[to], linestyle=style,
                     linewidth=1.2, label=f"GRPO, {LABELS[to]} after step {at}")  # fmt: skip
     axes[0].set(xlabel="step", ylabel="policy entropy (nats/token)", title="Entropy")
-    axes[1].set(xlabel="step", ylabel="reward (digits in place / 4)", title="Reward")
+    axes[1].set(xlabel="step", ylabel=reward_label, title="Reward")
     axes[0].legend(loc="lower left", fontsize=8)
     axes[1].legend(loc="upper left", fontsize=8)
     ax = axes[2]
@@ -396,16 +448,20 @@ def _number(text: str) -> int | float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--testbed", choices=testbeds.NAMES, default=testbeds.DEFAULT,
+                        help="toy: codes cracked from scratch; lm: a tiny LM pretrained on "
+                        "noisy arithmetic traces (entmon/demo/testbeds.py)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=ToyConfig.steps)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="runs in parallel (each uses one thread)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "docs",
-                        help="directory for reproduce.json and reproduce.png")  # fmt: skip
+                        help="directory for reproduce.json and reproduce.png (-lm.json/.png "
+                        "for --testbed lm)")  # fmt: skip
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
-                        help="override a ToyConfig field or a control knob (exploration only: "
-                        "the README's figures use the defaults)")  # fmt: skip
+                        help="override a ToyConfig/LMConfig field or a control knob "
+                        "(exploration only: the README's figures use the defaults)")  # fmt: skip
     parser.add_argument("--switch-at", type=int, nargs="*", default=[25, 100], metavar="STEP",
                         help="also run the baseline switched to --switch-to after each STEP, as "
                         "the demo's user does in the dashboard (none: no such runs)")  # fmt: skip
@@ -413,18 +469,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--replot", action="store_true",
                         help="only redraw reproduce.png from --out's reproduce.json")  # fmt: skip
     args = parser.parse_args(argv)
+    bed = testbeds.load(args.testbed)
+    stem = "reproduce" if args.testbed == testbeds.DEFAULT else f"reproduce-{args.testbed}"
+    json_path, png_path = args.out / f"{stem}.json", args.out / f"{stem}.png"
     if args.replot:
-        saved: dict[str, Any] = json.loads((args.out / "reproduce.json").read_text())
+        saved: dict[str, Any] = json.loads(json_path.read_text())
         methods = [m for m in METHODS if m in saved["summary"]["methods"]]
-        plot(saved["runs"], saved["summary"], methods, args.out / "reproduce.png")
+        plot(saved["runs"], saved["summary"], methods, png_path, bed.reward_label)
         return saved
     overrides = {k: _number(v) for k, v in (item.split("=", 1) for item in args.set)}
     names = list(args.methods)
     if "vanilla" in args.methods:
         names += [f"vanilla{SWITCH}{args.switch_to}@{at}" for at in args.switch_at
                   if 0 < at < args.steps]  # fmt: skip
-    jobs = [(m, s, args.steps, overrides) for m in names for s in args.seeds]
+    jobs = [(m, s, args.steps, overrides, args.testbed) for m in names for s in args.seeds]
+    cfg = bed.config(steps=args.steps, **{k: v for k, v in overrides.items()
+                                          if k not in Control.__dataclass_fields__})  # fmt: skip
     t0 = time.perf_counter()
+    bed.prepare(cfg)  # once, before parallel runs would each pretrain the same model
     if args.jobs > 1:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(args.jobs) as pool:
@@ -436,25 +498,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = [run_one(j) for j in jobs]
     runs.sort(key=lambda r: (names.index(r["method"]), r["seed"]))
     summary = summarise(runs, args.methods)
-    cfg = ToyConfig(steps=args.steps, **{k: v for k, v in overrides.items()
-                                          if k in ToyConfig.__dataclass_fields__})  # fmt: skip
-    text = report(summary, cfg, args.seeds)
+    text = report(summary, cfg, args.seeds, args.testbed)
+    if args.testbed == "lm":
+        summary["prior"] = prior = prior_entropy(cfg)
+        text += (
+            f"\npretrained model before RL ({prior['tokens']:.0f} answer tokens sampled on the "
+            f"RL prompts): token entropy median {prior['median']:.4f} nats, mean "
+            f"{prior['mean']:.4f}, top 20% of tokens carry {prior['top20_share']:.1%}; reward "
+            f"{prior['reward']:.3f}"
+        )
     if overrides:
         text += f"\noverrides: {overrides}"
     print(text)
     print(f"total {time.perf_counter() - t0:.0f} s with {args.jobs} parallel runs")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
-        "config": asdict(cfg) | {"seeds": args.seeds},
-        "knobs": {m: control_for(m).knobs() for m in args.methods},
+        "testbed": args.testbed,
+        "config": json.loads(json.dumps(asdict(cfg), default=str)) | {"seeds": args.seeds},
+        "knobs": {m: control_for(m, args.testbed).knobs() for m in args.methods},
         "overrides": overrides,
         "summary": summary,
         "report": text,
         "runs": runs,
     }
-    (args.out / "reproduce.json").write_text(json.dumps(_rounded(result)))
-    plot(runs, summary, args.methods, args.out / "reproduce.png")
-    print(f"wrote {args.out / 'reproduce.json'} and {args.out / 'reproduce.png'}")
+    json_path.write_text(json.dumps(_rounded(result)))
+    plot(runs, summary, args.methods, png_path, bed.reward_label)
+    print(f"wrote {json_path} and {png_path}")
     return result
 
 

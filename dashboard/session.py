@@ -41,13 +41,15 @@ def refresh_every() -> float | None:
 
 def choose_run(*, key: str) -> str | None:
     """A run picker kept in the URL (?run=NAME) so a link opens the same run; None (with the
-    reason shown) when the API is unreachable or has no run yet."""
+    reason shown) when the API is unreachable before any run was listed, or has no run yet."""
     try:
-        runs = list_runs(client())
+        names = [r["run"] for r in list_runs(client())]
+        st.session_state["run-names"] = names
     except ApiError as e:
-        st.error(str(e))
-        return None
-    names = [r["run"] for r in runs]
+        if "run-names" not in st.session_state:
+            st.error(str(e))
+            return None
+        names = st.session_state["run-names"]  # the view's own reads say what failed
     if not names:
         st.info("No runs yet. Stream one with `client.Monitor(run=...)`, or run `entmon demo`.")
         return None

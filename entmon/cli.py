@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from entmon.commands import dashboard_command
+from entmon.demo.testbeds import DEFAULT as DEFAULT_TESTBED
+from entmon.demo.testbeds import NAMES as TESTBEDS
 from entmon.wire.knobs import LOSS_MODES
 
 DEFAULT_PORT = 8000
@@ -100,6 +102,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         switch_at=args.switch_at,
         switch_to=args.switch_to,
         pace=args.pace,
+        testbed=args.testbed,
         thermostat=args.thermostat,
     )
 
@@ -171,11 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", formatter_class=defaults, help="embedded Redis + monitor + dashboard + a live run"
     )
     demo.add_argument("--headless", action="store_true", help="no browser; exit 0 when done")
-    demo.add_argument("--steps", type=int, default=300, help="GRPO steps of the toy run")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the toy task and model")
+    demo.add_argument(
+        "--testbed", choices=TESTBEDS, default=DEFAULT_TESTBED,
+        help="toy: codes cracked from scratch; lm: a tiny LM pretrained on noisy arithmetic "
+        "traces (pretrained once, cached in ~/.cache/entmon or ENTMON_CACHE_DIR)",
+    )  # fmt: skip
+    demo.add_argument("--steps", type=int, default=300, help="GRPO steps of the run")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the task and model")
     demo.add_argument(
         "--switch-at", type=int, default=None, metavar="STEP",
-        help="after this step, change the run's loss mode through the API (as the dashboard does)",
+        help="after this step (from 0), change the loss mode via the API as the dashboard does",
     )  # fmt: skip
     demo.add_argument(
         "--switch-to", choices=LOSS_MODES, default="kl_cov", help="the loss mode of --switch-at"

@@ -148,6 +148,8 @@ KNOB_MEANING = {
     "dashboard/preview.py",  # what a setting would select: the selection rules, estimated
     "entmon/demo/stack.py",  # the demo sets the toy's ratios and switches the loss mode
     "entmon/demo/toy.py",
+    "entmon/demo/testbeds.py",  # each testbed's ratios, scaled to its mini-batches
+    "entmon/demo/testbed/grpo.py",  # like the toy: records the loss mode each step ran under
 }
 # The loss mode is the one knob a page shows by name (a run's mode in the run list and tiles),
 # and verl's own config key of the same name selects entmon's loss in verl.

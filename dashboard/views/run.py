@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import streamlit as st
 
 from dashboard import api, charts, session, thermostat, top_tokens, versions
 
-# The statistics the run view draws: the API sends only these.
+T = TypeVar("T")
+
 AUDIT_MARKED = 1000  # control changes read to tell the thermostat's from a person's
+# The statistics the run view draws: the API sends only these.
 CHARTED = ("entropy", "reward", "cov_mean", "detached", "penalised", "candidates")
 
 
@@ -99,6 +102,20 @@ def theory_caption(analysis: dict[str, Any] | None) -> str:
     )
 
 
+def fetch_or_keep(run: str, part: str, read: Callable[[], T]) -> tuple[T, str | None] | None:
+    """`read()` and keep it for this session; when the API fails, the last value kept with the
+    error, or None (the error shown) when there is none."""
+    key = f"run-view:{run}:{part}"
+    try:
+        st.session_state[key] = read()
+        return st.session_state[key], None
+    except api.ApiError as e:
+        if key in st.session_state:
+            return st.session_state[key], str(e)
+        st.error(str(e))
+        return None
+
+
 def thermostat_marks(
     http: Any, name: str, steps: list[dict[str, Any]]
 ) -> tuple[thermostat.TargetLine | None, set[int]]:
@@ -124,17 +141,23 @@ def render() -> None:
     @st.fragment(run_every=session.refresh_every())
     def live() -> None:
         # Each part is drawn as soon as its data is in: Streamlit sends elements as the script
-        # runs, so the entropy chart does not wait for the histograms.
-        try:
-            run = api.get_run(http, name)
-            steps = api.get_steps(http, name, stats=CHARTED)
-            control = api.get_control(http, name)
-            analysis = api.get_analysis(http, name)
-        except api.ApiError as e:
-            st.error(str(e))
+        # runs, so the entropy chart does not wait for the histograms. Every element keeps its
+        # place from one refresh to the next (the frontend matches elements by position: a chart
+        # that moves down is drawn anew and is blank for a frame), so what varies in number (the
+        # state, the flags, an error) lives in one container above the charts, and a failed
+        # read keeps the last data drawn instead of removing the charts.
+        head = fetch_or_keep(name, "head", lambda: (
+            api.get_run(http, name), api.get_steps(http, name, stats=CHARTED),
+            api.get_control(http, name), api.get_analysis(http, name),
+        ))  # fmt: skip
+        if head is None:
             return
+        (run, steps, control, analysis), error = head
         kpis(run, control, analysis)
-        verdicts(analysis)
+        with st.container():
+            if error:
+                st.warning(f"{error} (showing the last data read)")
+            verdicts(analysis)
         floor = ((analysis or {}).get("collapse") or {}).get("floor_entropy")
         left, right = st.columns(2)
         target, by_thermostat = thermostat_marks(http, name, steps)
@@ -148,12 +171,16 @@ def render() -> None:
         right.plotly_chart(charts.law(steps, (analysis or {}).get("law")), key="law-chart")
         right.caption(law_caption(analysis))
 
-        try:
-            histograms = {h: api.get_histograms(http, name, h) for h in ("covariance", "entropy")}
-            tokens = api.get_top_tokens(http, name)
-        except api.ApiError as e:
-            st.error(str(e))
+        tail = fetch_or_keep(name, "tail", lambda: (
+            {h: api.get_histograms(http, name, h) for h in ("covariance", "entropy")},
+            api.get_top_tokens(http, name),
+        ))  # fmt: skip
+        if tail is None:
             return
+        (histograms, tokens), error = tail
+        with st.container():
+            if error:
+                st.warning(f"{error} (showing the last data read)")
         left, right = st.columns(2)
         for column, (hist, title) in zip(
             (left, right),

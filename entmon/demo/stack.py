@@ -1,5 +1,6 @@
 """The demo's stack and run: start the monitor (embedded Redis) and the dashboard as child
-processes, then train the toy (entmon.demo.toy) in this process through `client.Monitor`, like
+processes, then train a testbed (entmon.demo.testbeds: the toy by default, or the pretrained
+tiny LM) in this process through `client.Monitor`, like
 any user's loop: its policy loss follows the run's LIVE control, so switching the run to Clip-Cov
 or KL-Cov in the dashboard changes the loss at the next step."""
 
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 
 from entmon.commands import dashboard_command, entmon_command
+from entmon.demo import testbeds
 from monitor.embedded_redis import free_port
 
 READY_TIMEOUT_S = 60.0
@@ -32,6 +34,11 @@ HINT = """\
            step 35: entropy then stays nearly flat and the run ends with more reward. Switched
            after the collapse, entropy only falls a little more slowly; it does not come back.
            (docs/reproduce.json has the measurements; --pace 2 gives you more time.)"""
+
+LM_HINT = """\
+           The LM testbed: a tiny pretrained model; entropy sits on the few operator tokens.
+           Switch loss_mode to kl_cov or clip_cov on the Control page and compare with plain
+           GRPO (README: "The second testbed" has the measurements)."""
 
 
 class DemoError(RuntimeError):
@@ -50,6 +57,12 @@ def load_toy() -> Any:
     return toy
 
 
+def load_testbed(name: str) -> testbeds.Testbed:
+    """The testbed's trainer (needs the client, as `load_toy` says)."""
+    load_toy()
+    return testbeds.load(name)
+
+
 def _wait_ready(url: str, process: subprocess.Popen[bytes], name: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -60,6 +73,14 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], name: str) -> None:
                 return
         time.sleep(0.2)
     raise DemoError(f"{name} not ready at {url} after {READY_TIMEOUT_S}s")
+
+
+def _child(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A process of the stack in its own session: Ctrl-C in the terminal signals the demo's
+    process group, so without this each child would get it too and then the demo's terminate
+    (Streamlit said "Stopping..." twice; the monitor restarted its Redis, killed by the same
+    Ctrl-C, while shutting down). The demo stops them, once, in `_stop`."""
+    return subprocess.Popen(command, env=env, start_new_session=True)
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -110,9 +131,10 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def _stop_on_sigterm() -> None:
-    """SIGTERM (and SIGINT, even where a shell started us with it ignored) stop the demo like
-    Ctrl-C: through the `finally` that stops the child processes, never leaving them behind."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    """SIGTERM, SIGHUP (the terminal closed: the children, in their own sessions, do not get it)
+    and SIGINT (even where a shell started us with it ignored) stop the demo like Ctrl-C: through
+    the `finally` that stops the child processes, never leaving them behind."""
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(sig, _raise_interrupt)
 
 
@@ -163,9 +185,10 @@ def run_training(
     switch_to: str = "kl_cov",
     spool_dir: Path | None = None,
     pace: float = 0.0,
+    testbed: str = testbeds.DEFAULT,
     thermostat: bool = False,
 ) -> list[Any]:
-    """The toy GRPO run against the monitor at `api`, with a progress line on the terminal.
+    """The testbed's GRPO run against the monitor at `api`, with a progress line on the terminal.
 
     With `switch_at`, the demo itself changes the run's loss mode through the API after that
     step, as a user would in the dashboard; the trainer picks it up at a step boundary. `pace`
@@ -175,14 +198,15 @@ def run_training(
     from client import Monitor
 
     toy = load_toy()
-    cfg = toy.ToyConfig(steps=steps, seed=seed)
+    bed = load_testbed(testbed)
+    cfg = bed.config(steps=steps, seed=seed)
+    bed.prepare(cfg)  # the LM's pretraining, cached: before the run's first report
     put_control(
         api, DEMO_RUN,
-        "demo: Clip-Cov / KL-Cov ratios scaled to the toy's 512-token mini-batches "
-        "(the paper's 2e-4 / 2e-3 would select 1 token); switch loss_mode to try them",
+        f"demo: Clip-Cov / KL-Cov ratios {bed.ratio_note}; switch loss_mode to try them",
         loss_mode="vanilla",
-        clip_cov_ratio=toy.TOY_CLIP_COV_RATIO,
-        kl_cov_ratio=toy.TOY_KL_COV_RATIO,
+        clip_cov_ratio=bed.clip_cov_ratio,
+        kl_cov_ratio=bed.kl_cov_ratio,
     )  # fmt: skip
     if thermostat:
         enable_thermostat(api, DEMO_RUN)
@@ -193,13 +217,13 @@ def run_training(
             start.append(record.entropy)
         print(toy.progress_line(record, steps, start[0]), end="", flush=True)
         time.sleep(max(0.0, pace - record.seconds))
-        if switch_at is not None and record.step + 1 == switch_at:
+        if switch_at is not None and record.step == switch_at:  # as logged, from 0
             put_control(api, DEMO_RUN, f"demo --switch-at {switch_at}", loss_mode=switch_to)
 
-    tokenizer = toy.DigitTokenizer()
+    tokenizer = bed.tokenizer()
     began = time.monotonic()
     with Monitor(run=DEMO_RUN, url=api, tokenizer=tokenizer, spool_dir=spool_dir) as mon:
-        records: list[Any] = toy.train(cfg, mon, on_step=on_step)
+        records: list[Any] = bed.train(cfg, mon, on_step=on_step)
     print()
     if records:
         first, last = records[0], records[-1]
@@ -223,6 +247,7 @@ def run_demo(
     switch_at: int | None = None,
     switch_to: str = "kl_cov",
     pace: float | None = None,
+    testbed: str = testbeds.DEFAULT,
     thermostat: bool = False,
 ) -> int:
     port = _free_or_other(port, "monitor")
@@ -243,28 +268,27 @@ def run_demo(
     env.pop("ENTMON_ADMIN_TOKENS", None)
     _stop_on_sigterm()
     processes = [
-        subprocess.Popen(
-            entmon_command("serve", "--port", str(port), "--log-level", "warning"), env=env
-        )
+        _child(entmon_command("serve", "--port", str(port), "--log-level", "warning"), env)
     ]
     try:
-        load_toy()  # fail early, before anything waits on the stack
+        load_testbed(testbed)  # fail early, before anything waits on the stack
         _wait_ready(f"{api}/readyz", processes[0], "monitor")
         print(f"monitor:   {api}  (API docs {api}/docs, metrics {api}/metrics)")
         if not headless:
-            processes.append(subprocess.Popen(dashboard_command(dashboard_port), env=env))
+            processes.append(_child(dashboard_command(dashboard_port), env))
             _wait_ready(
                 f"http://127.0.0.1:{dashboard_port}/_stcore/health", processes[1], "dashboard"
             )
             print(f"dashboard: http://127.0.0.1:{dashboard_port}/?run={DEMO_RUN}")
-            print(HINT)
+            print(HINT if testbed == "toy" else LM_HINT)
         if pace is None:
             pace = 0.0 if headless else DEFAULT_PACE_S
         if pace > 0:
             print(f"           paced at >= {pace:g} s/step to be followed (--pace 0: full speed)")
         run_training(
             api, steps=steps, seed=seed, switch_at=switch_at, switch_to=switch_to,
-            spool_dir=data_dir / "spool", pace=pace, thermostat=thermostat,
+            spool_dir=data_dir / "spool", pace=pace, testbed=testbed,
+            thermostat=thermostat,
         )  # fmt: skip
         if headless:
             return 0

@@ -255,12 +255,13 @@ def _log_probs(logits: Tensor, tokens: Tensor) -> Tensor:
 
 
 def progress_line(record: StepRecord, steps: int, start_entropy: float, width: int = 24) -> str:
-    """One carriage-return progress line: step, bar, entropy (and % of start), reward, mode."""
+    """One carriage-return progress line: the step as logged (the number the dashboard and the
+    API show, from 0), bar and steps done, entropy (and % of start), reward, mode."""
     done = record.step + 1
     filled = round(width * done / steps)
     rel = record.entropy / start_entropy if start_entropy > 0 else math.nan
     return (
-        f"\rstep {done}/{steps} [{'#' * filled}{'.' * (width - filled)}] "
+        f"\rstep {record.step} [{'#' * filled}{'.' * (width - filled)}] {done}/{steps} done "
         f"entropy {record.entropy:.3f} ({rel:4.0%} of start) reward {record.reward:.3f} "
         f"loss {record.loss_mode} (v{record.control_version}) {record.seconds:.2f} s/step "
     )

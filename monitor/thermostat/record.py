@@ -220,8 +220,10 @@ class Thermostats:
             reason,
             decision.model_dump_json(),
             DECISIONS_CAP,
-            _text(decision.target),
-            _text(decision.error),
+            # a decision that measured nothing (a skip, a wait) keeps the last target and error:
+            # the gauges and the saturation alert must not blink every other step
+            _text(decision.target if decision.target is not None else record.target),
+            _text(decision.error if decision.error is not None else record.error),
             "" if control is None else control.version - 1,
             "" if control is None else control.model_dump_json(),
             "" if entry is None else entry.model_dump_json(),

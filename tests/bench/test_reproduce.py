@@ -47,3 +47,36 @@ def test_a_switched_run_matches_its_baseline_until_the_switch(tmp_path: Path) ->
     assert switched["entropy"][3:] != base["entropy"][3:]
     assert switched["penalised"] == [0, 0, 0] + [4 * 102] * 3
     assert [s["at"] for s in result["summary"]["switch"]] == [3]
+
+
+def test_the_lm_testbed_runs_through_the_same_reproduction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from entmon.demo.testbed.model import TraceLM
+    from entmon.demo.testbed.pretrain import PretrainConfig
+
+    # a fresh model stands in for the cached pretrained one: the test skips the pretraining
+    cfg = PretrainConfig()
+    monkeypatch.setenv("ENTMON_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    torch.save(TraceLM(cfg.model).state_dict(), tmp_path / "cache" / f"testbed-lm-{cfg.key()}.pt")
+    result = reproduce.main(
+        ["--testbed", "lm", "--steps", "3", "--seeds", "0", "--jobs", "1", "--switch-at",
+         "--set", "pool=8", "prompts_per_step=4", "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert result["testbed"] == "lm"
+    assert [r["method"] for r in result["runs"]] == ["vanilla", "clip_cov", "kl_cov"]
+    tokens = 4 * 8 * 24  # prompts x group x answer tokens, in 2 mini-batches
+    for run in result["runs"]:
+        assert run["tokens"] == [tokens] * 3
+        assert all(math.isfinite(h) for h in run["entropy"])
+        if run["method"] == "kl_cov":  # K = floor(2e-2 * 384) in each of the 2 mini-batches
+            assert run["penalised"] == [2 * 7] * 3
+    assert result["knobs"]["kl_cov"]["kl_cov_ratio"] == 0.02
+    assert (tmp_path / "reproduce-lm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "reproduce.json").exists()
+    out = capsys.readouterr().out
+    assert "lm: 2-layer d=64 transformer" in out and "pretrained model before RL" in out
+    assert 0 <= result["summary"]["prior"]["top20_share"] <= 1

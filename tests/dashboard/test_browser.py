@@ -15,6 +15,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
+from bench.realistic import realistic_report
 from entmon.commands import dashboard_command
 from monitor.embedded_redis import free_port
 from tests.conftest import ServerProcess
@@ -69,8 +70,8 @@ def test_browser_sees_the_entropy_chart_and_changes_a_knob(
     expect(ratio).to_be_visible(timeout=30_000)
     ratio.fill("0.010000")
     ratio.press("Tab")
-    page.get_by_label("Reason (kept in the audit log)").fill("browser test")
-    page.get_by_role("button", name="Apply").click()
+    page.get_by_label("Reason (kept in the audit log)").first.fill("browser test")  # knobs form
+    page.get_by_role("button", name="Apply", exact=True).click()
     expect(page.get_by_text("Applied: control version 1")).to_be_visible(timeout=30_000)
     save(page, tmp_path, "dashboard-control.png")
 
@@ -98,6 +99,53 @@ def test_every_page_url_reloads_and_a_shared_run_link_opens_the_run(
         page.reload()
         expect(page.get_by_text(text).first).to_be_visible(timeout=30_000)
         expect(page.get_by_text("Page not found")).to_have_count(0)
+
+
+# Counts, on every painted frame, whether the entropy chart once drawn is missing or drawn without
+# a line: what a person watching the page would see as a blank chart.
+WATCH_ENTROPY_CHART = """() => {
+    window.__entmon = {frames: 0, blank: 0, drawn: false, last: null};
+    const chart = () => [...document.querySelectorAll('.js-plotly-plot')].find(
+        (e) => String(e.layout && e.layout.title && e.layout.title.text)
+            .includes('Entropy and reward'));
+    const look = () => {
+        const w = window.__entmon, el = chart();
+        const line = el && [...el.querySelectorAll('.scatterlayer path.js-line')].some(
+            (p) => (p.getAttribute('d') || '').length > 10);
+        const x = el && el.data && el.data[0] && el.data[0].x;
+        if (line && x && x.length) { w.drawn = true; w.last = x[x.length - 1]; }
+        else if (w.drawn) { w.blank += 1; }
+        w.frames += 1;
+        requestAnimationFrame(look);
+    };
+    requestAnimationFrame(look);
+}"""
+
+
+def test_live_refresh_never_blanks_the_entropy_chart(
+    dashboard: str, streamed: ServerProcess, page: Page
+) -> None:
+    """A run that starts training while its page is open: every painted frame shows the entropy
+    chart once it is drawn, also when the collapse state appears above it (from the third step)."""
+
+    def report(step: int) -> None:
+        reports = [realistic_report(step, rank, seed=rank) | {"world_size": 2} for rank in (0, 1)]
+        for r in reports:
+            r["stats"]["entropy"] = 1.5 - 0.1 * step
+        httpx.post(f"{streamed.url}/v1/runs/live/reports", json=reports).raise_for_status()
+
+    report(0)
+    page.goto(f"{dashboard}/run?run=live")
+    expect(page.get_by_text("Entropy and reward").first).to_be_visible(timeout=30_000)
+    page.evaluate(WATCH_ENTROPY_CHART)
+    page.wait_for_function("() => window.__entmon.drawn", timeout=30_000)
+    for step in range(1, 7):  # six live refreshes, each with a new step
+        report(step)
+        page.wait_for_function(f"() => window.__entmon.last === {step}", timeout=30_000)
+    expect(page.get_by_text("declining").first).to_be_visible()  # the state did appear
+    watched = page.evaluate("() => window.__entmon")
+    assert watched["frames"] > 0
+    assert watched["blank"] == 0, f"{watched['blank']} of {watched['frames']} frames blank"
 
 
 def test_the_thermostat_is_enabled_on_the_control_page_and_its_work_shows_on_the_run_page(

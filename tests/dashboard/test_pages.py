@@ -79,6 +79,21 @@ def test_run_view_draws_every_chart(streamed: ServerProcess) -> None:
     assert list(changes["version"]) == ["v0 → v1"] and changes["steps compared"][0] == 20
 
 
+def test_run_view_keeps_its_charts_when_the_monitor_stops_answering(
+    streamed: ServerProcess,
+) -> None:
+    """A failed refresh warns and keeps the last data drawn instead of removing every chart."""
+    app = page("run")
+    app.query_params["run"] = "alpha"
+    app.run()
+    streamed.stop()
+    app.run()
+    assert not app.exception
+    assert len(figure(app, "entropy-chart")["data"][0]["x"]) == STEPS  # type: ignore[index]
+    assert figure(app, "theory-chart")["data"]
+    assert "showing the last data read" in app.warning[0].value
+
+
 def form_select(app: AppTest) -> Selectbox[str]:
     return next(s for s in app.selectbox if s.label == "Loss mode")
 

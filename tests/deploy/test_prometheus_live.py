@@ -154,6 +154,13 @@ def feed(server: ServerProcess) -> None:
         headers={"If-Match": etag},
     )
     assert put.status_code == 200, put.text
+    thermostat = httpx.put(  # so that its panels have data too
+        f"{base}/{COLLAPSING}/thermostat",
+        json={"enabled": True, "settings": {"target": {"points": [[0, 1.0]]},
+                                             "knob": "kl_cov_ratio"}},
+        headers={"If-Match": '"0"'},
+    )  # fmt: skip
+    assert thermostat.status_code == 200, thermostat.text
     for step in range(24):  # the entropy halves every 4 steps: under 10% of its start at 16
         for run, half_life in ((COLLAPSING, 4.0), (STEADY, 1e9)):
             r = httpx.post(
@@ -194,6 +201,9 @@ def test_entropy_collapse_fires_and_every_panel_has_data(
         ("EntropyCollapse", COLLAPSING),
         ("RewardNearCeiling", COLLAPSING),
         ("ReportsRejected", "invalid"),
+        # the thermostat, asked for 1 nat while the run starts above it, cut its knob to 0
+        # at once and cannot go lower: pinned at a bound (its rule waits 30 min, the copy not)
+        ("ThermostatSaturated", COLLAPSING),
     }
     (fired,) = [
         a

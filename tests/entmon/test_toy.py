@@ -84,6 +84,7 @@ def test_progress_line_shows_step_entropy_reward_and_mode() -> None:
         step=9, entropy=1.0, reward=0.25, loss_mode="kl_cov", control_version=2, seconds=0.1
     )
     line = progress_line(rec, 20, start_entropy=2.0)
-    assert line.startswith("\rstep 10/20 [")
+    assert line.startswith("\rstep 9 [")  # the step as logged: the dashboard shows step 9 too
+    assert "] 10/20 done " in line
     assert "entropy 1.000 ( 50% of start)" in line and "reward 0.250" in line
     assert "loss kl_cov (v2)" in line
