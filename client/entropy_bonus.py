@@ -9,9 +9,10 @@ Three cases, by what the caller has:
   kernels hand entropy over detached): the score-function surrogate below, which needs the
   sampled tokens' `log_prob` with its gradient;
 - no entropy at all (verl's policy-loss function is given none): the same surrogate with the
-  batch's mean surprisal as the baseline in place of each position's H. Any baseline that does
-  not depend on the sampled token leaves the expected gradient unchanged (E[grad log pi] = 0);
-  the position's own H only lowers the variance more.
+  mean surprisal of the batch's OTHER tokens as the baseline in place of each position's H. A
+  baseline that does not depend on the sampled token leaves the expected gradient unchanged
+  (E[grad log pi] = 0); leaving the token out keeps it so, up to the later tokens of the same
+  response, which were sampled after it. The position's own H lowers the variance more.
 
 Score-function surrogate. For one position with distribution pi, H = -sum_a pi(a) log pi(a) and
     grad H = -E_{a~pi}[ grad log pi(a) * (log pi(a) + H) ]
@@ -79,7 +80,9 @@ def entropy_bonus(
     surprisal = -log_prob.detach()
     if entropy is not None:
         baseline = entropy.detach().to(log_prob.dtype)
-    else:  # the batch's mean surprisal: an estimate of the mean H that needs no host sync
-        baseline = (surprisal * mask).sum() / mask.sum().clamp(min=1.0)
+    else:  # the other tokens' mean surprisal (leave-one-out: not the sampled token's own), an
+        # estimate of the mean H that needs no host sync
+        own = surprisal * mask
+        baseline = (own.sum() - own) / (mask.sum() - 1.0).clamp(min=1.0)
     surrogate = log_prob * (surprisal - baseline) * mask  # > 0 factor: rarer than the baseline
     return -entropy_coeff * mean(surrogate)

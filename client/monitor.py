@@ -199,7 +199,7 @@ class Monitor:
             )
         try:
             return entropy_bonus(coeff, entropy, response_mask, log_prob, aggregate=aggregate)
-        except ValueError as e:  # e.g. log_prob without a gradient: nothing to push
+        except Exception as e:  # e.g. log_prob without a gradient; never into the loop
             self._log_once("entropy_bonus", f"entropy bonus not applied: {e}", logging.ERROR)
             return torch.zeros((), dtype=log_prob.dtype, device=log_prob.device)
 

@@ -95,13 +95,14 @@ def form(run: str, state: dict[str, Any]) -> tuple[bool, dict[str, Any], str] | 
     except ValueError as e:
         st.error(str(e))
         return None
-    if knob != current:  # another knob's bounds mean nothing for this one
-        settings.pop("upper", None)
-        settings.pop("floor", None)
-    settings.update(
-        knob=knob, target={"points": points, "of_start": unit == RELATIVE},
-        band=band or None, lower=lower, upper=upper or None,
-    )  # fmt: skip
+    settings.update(knob=knob, target={"points": points, "of_start": unit == RELATIVE},
+                    band=band or None, lower=lower, upper=upper or None)  # fmt: skip
+    if knob != current:  # the bounds shown were the old knob's: the new one's defaults apply
+        for name in ("lower", "upper", "floor"):
+            settings.pop(name, None)
+        row = KNOB_BY_NAME[knob]
+        if row.lo_open:  # 0 is outside its range (clip ratios): never below its default
+            settings["lower"] = row.default
     return enabled, settings, reason
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
@@ -107,15 +108,16 @@ class ThermostatGauges:
     upper: float
     target: float | None  # of the last decision, nats
     error: float | None  # ln(target / smoothed entropy) of the last decision
+    band: float | None = None
 
     @property
     def saturated(self) -> bool:
-        """At a bound with the error asking for more: it cannot hold the target."""
-        if self.error is None:
+        """Running, at its upper bound, and entropy still below the target (beyond the band): it
+        cannot hold the target. Every actuator only raises entropy, so a knob at its lower bound
+        with entropy above the target is the normal start of a falling schedule, not this."""
+        if self.status != "running" or self.error is None:
             return False
-        return (self.value >= self.upper and self.error > 0) or (
-            self.value <= self.lower and self.error < 0
-        )
+        return self.value >= self.upper and self.error > math.log1p(self.band or 0.0)
 
 
 def thermostat_gauges(fields: dict[str, str], control: Control) -> ThermostatGauges | None:
@@ -135,6 +137,7 @@ def thermostat_gauges(fields: dict[str, str], control: Control) -> ThermostatGau
         upper=settings.upper_bound,
         target=_number(fields.get("target", "")),
         error=_number(fields.get("error", "")),
+        band=settings.band,
     )
 
 

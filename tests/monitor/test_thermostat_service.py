@@ -20,7 +20,7 @@ from monitor.report_codec import decode_reports
 from monitor.settings import Settings as ServiceSettings
 from monitor.store import Store
 from monitor.thermostat.law import State
-from monitor.thermostat.record import Thermostats, checked_settings
+from monitor.thermostat.record import ThermostatGauges, Thermostats, checked_settings
 from monitor.thermostat.worker import decide_step
 from tests.conftest import LOCAL, ServerProcess
 from tests.monitor.thermostat_plant import (
@@ -345,3 +345,22 @@ def test_an_unreadable_stored_thermostat_never_fails_ingest_or_get(
     r2 = api.put("/v1/runs/r/thermostat", json={"enabled": True, "settings": settings()},
                  headers={"If-Match": '"1"'})  # fmt: skip
     assert r2.status_code == 200 and r2.json()["settings"]["knob"] == KNOB
+
+
+@pytest.mark.parametrize(
+    ("status", "value", "error", "band", "saturated"),
+    [
+        ("running", 0.5, 0.1, None, True),  # at its upper bound, entropy below the target
+        ("running", 0.5, 0.05, 0.1, False),  # below it, but inside the band
+        ("running", 0.4, 0.3, None, False),  # room left to rise
+        ("running", 0.0, -0.5, None, False),  # off with entropy above target: a falling start
+        ("overridden", 0.5, 0.3, None, False),  # a person has the knob: not the thermostat's
+        ("off", 0.5, 0.3, None, False),
+    ],
+)
+def test_saturated_means_running_at_the_upper_bound_and_still_below_the_target(
+    status: str, value: float, error: float, band: float | None, saturated: bool
+) -> None:
+    gauges = ThermostatGauges(status=status, knob="entropy_coeff", value=value, lower=0.0,
+                              upper=0.5, target=1.0, error=error, band=band)  # fmt: skip
+    assert gauges.saturated is saturated
