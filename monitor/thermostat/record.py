@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, TypeVar, cast
+
+from pydantic import BaseModel
 
 from entmon.wire.knobs import KNOB_BY_NAME
 from monitor.api_models import (
@@ -29,6 +31,7 @@ from monitor.store import AUDIT_CAP, RunKeys, Store
 from monitor.thermostat.law import Settings, SettingsError, State, acting_value
 
 log = logging.getLogger(__name__)
+_Model = TypeVar("_Model", bound=BaseModel)
 T = TypeVar("T")
 STEP_SCRIPT = files("monitor").joinpath("thermostat_step.lua").read_text()
 SET_SCRIPT = files("monitor").joinpath("thermostat_set.lua").read_text()
@@ -141,6 +144,17 @@ def thermostat_gauges(fields: dict[str, str], control: Control) -> ThermostatGau
     )
 
 
+def _readable(model: type[_Model], raw: Iterable[str]) -> list[_Model]:
+    """The entries that parse; one of another format (an older service) is left out, logged."""
+    entries = []
+    for r in raw:
+        try:
+            entries.append(model.model_validate_json(r))
+        except ValueError as e:  # pydantic's ValidationError is one
+            log.warning("thermostat: unreadable %s entry left out: %s", model.__name__, e)
+    return entries
+
+
 def _number(text: str) -> float | None:
     return float(text) if text else None
 
@@ -166,13 +180,13 @@ class Thermostats:
     async def decisions(self, run: str, limit: int) -> list[ThermostatDecision]:
         """Newest first."""
         raw = cast(list[str], await self.redis.lrange(RunKeys.of(run).thermostat_log, -limit, -1))
-        return [ThermostatDecision.model_validate_json(r) for r in reversed(raw)]
+        return _readable(ThermostatDecision, reversed(raw))
 
     async def changes(self, run: str, limit: int) -> list[ThermostatChange]:
         """Newest first."""
         key = RunKeys.of(run).thermostat_audit
         raw = cast(list[str], await self.redis.lrange(key, -limit, -1))
-        return [ThermostatChange.model_validate_json(r) for r in reversed(raw)]
+        return _readable(ThermostatChange, reversed(raw))
 
     async def put(
         self,

@@ -31,7 +31,9 @@ def test_two_gloo_ranks_apply_each_thermostat_change_at_the_same_step(
     )
     assert r.status_code == 200, r.text
     outs = [tmp_path / f"rank{r}.json" for r in (0, 1)]
-    env = os.environ | {"ENTMON_SPOOL_DIR": str(tmp_path / "spool")}
+    # 0.1 s a step: the thermostat decides and its changes come back within the run, also
+    # beside CPU hogs (each decision waits for the step that ran the last change)
+    env = os.environ | {"ENTMON_SPOOL_DIR": str(tmp_path / "spool"), "RANK_WORKER_STEP_S": "0.1"}
     worker = [sys.executable, "-m", "tests.client.rank_worker"]
     args = [str(tmp_path / "init"), server.url, "ddp-thermo", str(STEPS)]
     procs = [

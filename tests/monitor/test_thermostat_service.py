@@ -339,9 +339,12 @@ def test_an_unreadable_stored_thermostat_never_fails_ingest_or_get(
     assert _enable(api).status_code == 200
     with redis.Redis.from_url(redis_url) as r:
         r.hset("entmon:{r}:thermostat", mapping={"settings": '{"knob": 1}', "state": "{"})
+        r.rpush("entmon:{r}:thermostat_log", '{"step": "an older format"}')
+        r.rpush("entmon:{r}:thermostat_audit", "not json")
     assert api.post("/v1/runs/r/reports", json={"step": 0, "stats": {"entropy": 1}}).is_success
     body = api.get("/v1/runs/r/thermostat").json()
     assert (body["status"], body["settings"], body["law_state"]) == ("running", None, None)
+    assert body["decisions"] == [] and len(body["changes"]) == 1  # the enabling, readable
     r2 = api.put("/v1/runs/r/thermostat", json={"enabled": True, "settings": settings()},
                  headers={"If-Match": '"1"'})  # fmt: skip
     assert r2.status_code == 200 and r2.json()["settings"]["knob"] == KNOB
