@@ -159,6 +159,17 @@ def test_concurrent_deciders_commit_a_step_once(redis_url: str) -> None:
             assert await thermostats.put("c", 0, 0, s, State(), entry) == (1, 1)
             body = b'{"step": 0, "control_version": 0, "stats": {"entropy": 0.5}}'
             await store.ingest("c", decode_reports(body))
+            # each decider's first read waits for all eight: every one has read before any commits
+            together, read = asyncio.Barrier(8), thermostats.read
+            first_reads = iter(range(8))
+
+            async def read_together(run: str) -> Any:
+                record = await read(run)
+                if next(first_reads, None) is not None:
+                    await together.wait()
+                return record
+
+            thermostats.read = read_together  # type: ignore[method-assign]
             decided = await asyncio.gather(*(decide_step(thermostats, "c", 0) for _ in range(8)))
             return [decided, await thermostats.decisions("c", 100), await store.audit("c", 100)]
         finally:
