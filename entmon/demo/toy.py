@@ -213,27 +213,10 @@ def train(
         advantages = group_advantages(rewards, G).unsqueeze(1).expand(-1, L)  # B, L
         mask = torch.ones(P * G, L)  # every answer has L tokens; the API takes any 0/1 mask
 
-        # Mini-batches of whole groups. The old log-probs are computed on the same row sets
-        # (same shapes, so bit-identical to the first update's): the first update is exactly
-        # on-policy, the later ones are not, which is when KL-Cov's penalty acts.
-        groups = torch.randperm(P, generator=gen).view(cfg.mini_batches, -1)  # M, P / M
-        batches = [(g.unsqueeze(1) * G + torch.arange(G)).view(-1) for g in groups]
-        with torch.no_grad():
-            olds = [_log_probs(policy.answer_logits(prompts[r], answers[r]), answers[r])
-                    for r in batches]  # fmt: skip
-        entropy_sum = torch.zeros(())
-        for rows, old_log_prob in zip(batches, olds, strict=True):
-            logits = policy.answer_logits(prompts[rows], answers[rows])  # b, L, DIGITS
-            log_prob = _log_probs(logits, answers[rows])  # b, L
-            entropy = token_entropy(logits)  # b, L (no grad)
-            loss, _ = mon.policy_loss(
-                log_prob, old_log_prob, advantages[rows], mask[rows],
-                entropy=entropy, token_ids=answers[rows],
-            )  # fmt: skip
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            entropy_sum += entropy.sum()
+        entropy_sum = grpo_update(
+            mon, policy, opt, prompts, answers, advantages, mask,
+            prompts_per_step=P, group_size=G, mini_batches=cfg.mini_batches, gen=gen,
+        )  # fmt: skip
         reward = rewards.mean()
         mon.log(step, reward=reward, response_length=float(L))
         record = StepRecord(
@@ -248,6 +231,51 @@ def train(
         if on_step is not None:
             on_step(record)
     return records
+
+
+class AnswerPolicy(Protocol):
+    def answer_logits(self, prompts: Tensor, answers: Tensor) -> Tensor: ...
+
+
+def grpo_update(
+    mon: PolicyLossMonitor,
+    policy: AnswerPolicy,
+    opt: torch.optim.Optimizer,
+    prompts: Tensor,
+    answers: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    prompts_per_step: int,
+    group_size: int,
+    mini_batches: int,
+    gen: torch.Generator,
+) -> Tensor:
+    """One step's updates (both testbeds): mini-batches of whole groups, every loss through
+    `mon.policy_loss`. The old log-probs are computed on the same row sets (same shapes, so
+    bit-identical to the first update's): the first update is exactly on-policy, the later ones
+    are not, which is when KL-Cov's penalty acts. Returns the summed token entropy (a device
+    tensor: no host read here)."""
+    G = group_size
+    groups = torch.randperm(prompts_per_step, generator=gen).view(mini_batches, -1)  # M, P / M
+    batches = [(g.unsqueeze(1) * G + torch.arange(G)).view(-1) for g in groups]
+    with torch.no_grad():
+        olds = [_log_probs(policy.answer_logits(prompts[r], answers[r]), answers[r])
+                for r in batches]  # fmt: skip
+    entropy_sum = torch.zeros(())
+    for rows, old_log_prob in zip(batches, olds, strict=True):
+        logits = policy.answer_logits(prompts[rows], answers[rows])  # b, L, vocabulary
+        log_prob = _log_probs(logits, answers[rows])  # b, L
+        entropy = token_entropy(logits)  # b, L (no grad)
+        loss, _ = mon.policy_loss(
+            log_prob, old_log_prob, advantages[rows], mask[rows],
+            entropy=entropy, token_ids=answers[rows],
+        )  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        entropy_sum += entropy.sum()
+    return entropy_sum
 
 
 def _log_probs(logits: Tensor, tokens: Tensor) -> Tensor:

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 
-from client import token_entropy
 from entmon.demo.testbed.pretrain import PretrainConfig, load_pretrained
 from entmon.demo.testbed.task import ANSWER_LEN, PromptPool, reward
-from entmon.demo.toy import PolicyLossMonitor, StepRecord, _log_probs, group_advantages
+from entmon.demo.toy import PolicyLossMonitor, StepRecord, group_advantages, grpo_update
 
 # Loss knobs scaled to this testbed (bench/reproduce.py and the README say why): a mini-batch
 # holds 1,536 answer tokens of which 256 are forks; the paper's ratios (2e-4 / 2e-3) would select
@@ -79,25 +78,10 @@ def train(
         advantages = group_advantages(rewards, G).unsqueeze(1).expand(-1, L)  # B, L
         mask = torch.ones(P * G, L)
 
-        # as in the toy: mini-batches of whole groups, old log-probs on the same row sets
-        groups = torch.randperm(P, generator=gen).view(cfg.mini_batches, -1)  # M, P / M
-        batches = [(g.unsqueeze(1) * G + torch.arange(G)).view(-1) for g in groups]
-        with torch.no_grad():
-            olds = [_log_probs(policy.answer_logits(prompts[r], answers[r]), answers[r])
-                    for r in batches]  # fmt: skip
-        entropy_sum = torch.zeros(())
-        for rows, old_log_prob in zip(batches, olds, strict=True):
-            logits = policy.answer_logits(prompts[rows], answers[rows])  # b, L, VOCAB
-            log_prob = _log_probs(logits, answers[rows])  # b, L
-            entropy = token_entropy(logits)  # b, L (no grad)
-            loss, _ = mon.policy_loss(
-                log_prob, old_log_prob, advantages[rows], mask[rows],
-                entropy=entropy, token_ids=answers[rows],
-            )  # fmt: skip
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            entropy_sum += entropy.sum()
+        entropy_sum = grpo_update(
+            mon, policy, opt, prompts, answers, advantages, mask,
+            prompts_per_step=P, group_size=G, mini_batches=cfg.mini_batches, gen=gen,
+        )  # fmt: skip
         mean_reward = rewards.mean()
         mon.log(step, reward=mean_reward, response_length=float(L))
         record = StepRecord(
