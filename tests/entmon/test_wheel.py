@@ -67,7 +67,7 @@ def test_entmon_demo_runs_headless_from_the_wheel(installed: Path) -> None:
          "--port", str(free_port())],
         installed.parent.parent, 600,
     )  # fmt: skip
-    assert "step 20/20" in out and "trained 20 steps" in out
+    assert "20/20 done" in out and "trained 20 steps" in out
 
 
 def test_entmon_serve_runs_from_the_wheel(installed: Path) -> None:
