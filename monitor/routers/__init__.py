@@ -37,3 +37,17 @@ def invalid_fields(where: str, errors: list[str]) -> NoReturn:
         {"loc": [where, e.partition(":")[0]], "msg": e, "type": "value_error"} for e in errors
     ]
     raise HTTPException(422, detail)
+
+
+def version_etag(version: int) -> str:
+    """The ETag of a versioned resource (the control, a thermostat's settings)."""
+    return f'"{version}"'
+
+
+def if_match_version(value: str, what: str) -> int:
+    """The version an If-Match names: "3", 3 and W/"3"; anything else is a 422 naming the
+    header and `what` is versioned."""
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        invalid("header", "If-Match", f'expected a {what} version such as "3", got {value!r}')
+    return int(text)

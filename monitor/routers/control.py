@@ -11,22 +11,14 @@ from fastapi.responses import JSONResponse
 from entmon.wire.knobs import control_errors
 from monitor.api_models import AuditEntry, AuditResponse, Control, ControlUpdate, StaleControl
 from monitor.deps import Admin, Ingest, RunPath, StoreDep
-from monitor.routers import COMMON_RESPONSES, invalid, invalid_fields
+from monitor.routers import COMMON_RESPONSES, if_match_version, invalid_fields, version_etag
 from monitor.store import Store
 
 router = APIRouter(prefix="/v1/runs", tags=["control"], responses=COMMON_RESPONSES)
 
 
 def etag(control: Control) -> str:
-    return f'"{control.version}"'
-
-
-def parse_if_match(value: str) -> int:
-    """Accepts "3", 3 and W/"3"; anything else is a 422 naming the header."""
-    text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        invalid("header", "If-Match", f'expected a control version such as "3", got {value!r}')
-    return int(text)
+    return version_etag(control.version)
 
 
 @router.get("/{run}/control")
@@ -57,7 +49,7 @@ async def put_control(
     the version and appends (who, when, old, new, reason) to the run's audit log."""
     if if_match is None:
         raise HTTPException(428, 'If-Match required: send the ETag of GET .../control, e.g. "3"')
-    expected = parse_if_match(if_match)
+    expected = if_match_version(if_match, "control")
     current = await store.control(run)
     if current.version != expected:
         return await _stale(store, run, current)

@@ -21,7 +21,7 @@ from monitor.api_models import (
     ThermostatUpdate,
 )
 from monitor.deps import Admin, Ingest, RunPath, StoreDep
-from monitor.routers import COMMON_RESPONSES, invalid
+from monitor.routers import COMMON_RESPONSES, if_match_version, invalid, version_etag
 from monitor.store import Store
 from monitor.thermostat.law import Settings, SettingsError, State, resume
 from monitor.thermostat.record import Record, Thermostats, checked_settings
@@ -29,17 +29,6 @@ from monitor.thermostat.record import Record, Thermostats, checked_settings
 router = APIRouter(prefix="/v1/runs", tags=["thermostat"], responses=COMMON_RESPONSES)
 SHOWN = 20  # decisions and changes a GET lists
 PUT_TRIES = 5  # a decision committed between the read and the write: read again
-
-
-def _etag(version: int) -> str:
-    return f'"{version}"'
-
-
-def _if_match(value: str) -> int:
-    text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        invalid("header", "If-Match", f'expected a thermostat version such as "3", got {value!r}')
-    return int(text)
 
 
 async def _view(store: Store, run: str, record: Record | None = None) -> Thermostat:
@@ -78,7 +67,7 @@ async def get_thermostat(
 ) -> Thermostat:
     """Settings and live state; its ETag is the settings version to send back as If-Match."""
     view = await _view(store, run)
-    response.headers["ETag"] = _etag(view.version)
+    response.headers["ETag"] = version_etag(view.version)
     return view
 
 
@@ -118,7 +107,7 @@ async def put_thermostat(
     an admin token and If-Match with the version you read; audited."""
     if if_match is None:
         raise HTTPException(428, 'If-Match required: send the ETag of GET .../thermostat, e.g. "3"')
-    expected = _if_match(if_match)
+    expected = if_match_version(if_match, "thermostat")
     settings: Settings | None = None
     if update.settings is not None:
         try:
@@ -146,7 +135,7 @@ async def put_thermostat(
         )
         done, version = await thermostats.put(run, expected, record.rev, chosen, state, entry)
         if done == 1:
-            response.headers["ETag"] = _etag(version)
+            response.headers["ETag"] = version_etag(version)
             return await _view(store, run)
         if done == 0:
             return await _stale(store, run, await thermostats.read(run))
@@ -159,5 +148,7 @@ async def _stale(store: Store, run: str, record: Record) -> JSONResponse:
         current=await _view(store, run, record),
     )
     return JSONResponse(
-        body.model_dump(mode="json"), status_code=412, headers={"ETag": _etag(record.version)}
+        body.model_dump(mode="json"),
+        status_code=412,
+        headers={"ETag": version_etag(record.version)},
     )
