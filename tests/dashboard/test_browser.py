@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from bench.realistic import realistic_report
 from entmon.commands import dashboard_command
@@ -55,6 +56,22 @@ def save(page: Page, tmp_path: Path, name: str) -> Path:
         DOCS.mkdir(exist_ok=True)
         shutil.copy(path, DOCS / name)
     return path
+
+
+def choose(page: Page, label: str, option: str) -> None:
+    """Pick a selectbox option. Opening the box is retried: a live rerun of the page can move the
+    box between Playwright's aim and its click, and then the list never opens."""
+    for _ in range(5):
+        page.get_by_label(label).click()
+        choice = page.get_by_role("option", name=option)
+        try:
+            choice.wait_for(timeout=5_000)
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+            continue
+        choice.click()
+        return
+    raise AssertionError(f"the {label!r} list never showed {option!r}")
 
 
 def test_browser_sees_the_entropy_chart_and_changes_a_knob(
@@ -167,9 +184,13 @@ def test_the_thermostat_is_enabled_on_the_control_page_and_its_work_shows_on_the
     try:
         page.goto(f"{dashboard}/control?run=thermo")
         expect(page.get_by_text("Thermostat off")).to_be_visible(timeout=30_000)
+        # The rollout above the form shows a table once the run has reported; wait for it, so the
+        # form does not move under the clicks below.
+        expect(page.get_by_text("Requested: version")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("No reports yet")).to_have_count(0, timeout=30_000)
         page.get_by_text("Enabled", exact=True).click()
-        page.get_by_label("Knob it drives").click()
-        page.get_by_role("option", name="KL-Cov ratio k (fraction of tokens penalised)").click()
+        expect(page.get_by_role("switch", name="Enabled")).to_be_checked()
+        choose(page, "Knob it drives", "KL-Cov ratio k (fraction of tokens penalised)")
         page.get_by_text("nats", exact=True).click()
         schedule = page.get_by_role("textbox", name="Target: a value, or step:value points")
         schedule.fill("2.0")  # above the run's 1.5 nats: the thermostat must raise the knob
