@@ -61,15 +61,21 @@ def _draw_target(fig: go.Figure, target: TargetLine) -> None:
             )  # fmt: skip
 
 
-def version_changes(steps: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
-    """(step, version) where every rank first applied a new control version."""
+def version_changes(
+    steps: Sequence[Mapping[str, Any]], *, started: int | None = None
+) -> list[tuple[int, int]]:
+    """(step, version) where every rank first applied a new control version. Versions up to
+    `started` were requested before the run's first report (versions.started_with): the run
+    began with them, so the client catching up to them is not a change."""
     changes: list[tuple[int, int]] = []
     seen = None
     for point in steps:
         version = point.get("control_version")
-        if version is not None and seen is not None and version != seen:
+        if version is None:
+            continue
+        if seen is not None and version != seen and (started is None or version > started):
             changes.append((point["step"], version))
-        seen = version if version is not None else seen
+        seen = version
     return changes
 
 
@@ -210,13 +216,20 @@ def theory(steps: Sequence[Mapping[str, Any]]) -> go.Figure:
     return _layout(fig, "Theory check: ΔH against covariance")
 
 
-def compare(runs: Mapping[str, Sequence[Mapping[str, Any]]], stat: str, title: str) -> go.Figure:
-    """One line per run in hues far apart, each run's control changes marked in its colour."""
+def compare(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]],
+    stat: str,
+    title: str,
+    *,
+    started: Mapping[str, int | None] | None = None,
+) -> go.Figure:
+    """One line per run in hues far apart, each run's control changes marked in its colour
+    (`started`: each run's versions.started_with)."""
     fig = go.Figure()
     for (run, steps), color in zip(runs.items(), itertools.cycle(RUN_COLORS)):
         xs, ys = series(steps, stat)
         fig.add_trace(go.Scatter(x=xs, y=ys, name=run, mode="lines", line={"color": color}))
-        _mark_changes(fig, version_changes(steps), color)
+        _mark_changes(fig, version_changes(steps, started=(started or {}).get(run)), color)
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text=stat)
     return _layout(fig, title)

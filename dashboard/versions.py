@@ -45,12 +45,33 @@ def mean(points: Sequence[Mapping[str, Any]], stat: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def before_after(steps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def started_with(
+    audit: Sequence[Mapping[str, Any]], steps: Sequence[Mapping[str, Any]]
+) -> int | None:
+    """The newest control version requested before the run's first charted report (audit `when`
+    against the step's `time`, the trainer's clock), or None.
+
+    A client starts with the defaults (version 0) and learns the run's control from the answer to
+    its first report, so a control set before training shows up as a switch one or two steps
+    in: the run was started with it, it is not a change made during the run."""
+    first = steps[0].get("time") if steps else None
+    if first is None:
+        return None
+    before = [int(e["version"]) for e in audit if float(e["when"]) <= float(first)]
+    return max(before, default=None)
+
+
+def before_after(
+    steps: Sequence[Mapping[str, Any]], *, started: int | None = None
+) -> list[dict[str, Any]]:
     """A row per control version after the first: its entropy slope and mean reward over its
-    first n steps against the previous version's last n."""
+    first n steps against the previous version's last n. Versions up to `started` (see
+    `started_with`) are where the run began, not a change: no row."""
     rows = []
     parts = segments(steps)
     for (old, before), (new, after) in itertools.pairwise(parts):
+        if started is not None and new <= started:
+            continue
         n = min(len(before), len(after))
         b, a = before[-n:], after[:n]
         rows.append({

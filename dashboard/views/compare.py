@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import api, charts, session
+from dashboard import api, charts, session, versions
+from dashboard.views.run import AUDIT_MARKED
 
 
 def render() -> None:
@@ -23,11 +24,20 @@ def render() -> None:
     def overlay() -> None:
         try:
             data = {run: api.get_steps(http, run, stats=("entropy", "reward")) for run in chosen}
+            started = {  # the audit only where a run changed versions: see started_with
+                run: versions.started_with(api.get_audit(http, run, limit=AUDIT_MARKED), steps)
+                for run, steps in data.items()
+                if charts.version_changes(steps)
+            }
         except api.ApiError as e:
             st.error(str(e))
             return
         left, right = st.columns(2)
-        left.plotly_chart(charts.compare(data, "entropy", "Entropy"), key="compare-entropy")
-        right.plotly_chart(charts.compare(data, "reward", "Reward"), key="compare-reward")
+        left.plotly_chart(
+            charts.compare(data, "entropy", "Entropy", started=started), key="compare-entropy"
+        )
+        right.plotly_chart(
+            charts.compare(data, "reward", "Reward", started=started), key="compare-reward"
+        )
 
     overlay()

@@ -118,18 +118,20 @@ def fetch_or_keep(run: str, part: str, read: Callable[[], T]) -> tuple[T, str | 
 
 def thermostat_marks(
     http: Any, name: str, steps: list[dict[str, Any]]
-) -> tuple[thermostat.TargetLine | None, set[int]]:
-    """The thermostat's target over the charted steps and the control versions it wrote; none
-    when it was never used (or cannot be read: the chart goes on without them)."""
+) -> tuple[thermostat.TargetLine | None, set[int], int | None]:
+    """The thermostat's target over the charted steps, the control versions it wrote, and the
+    version the run started with (versions.started_with); none when the thermostat was never
+    used and no version changes (or when they cannot be read: the chart goes on without them)."""
     if not steps:
-        return None, set()
+        return None, set(), None
     try:
         state = api.get_thermostat(http, name)
-        audit = api.get_audit(http, name, limit=AUDIT_MARKED) if state["version"] else []
+        changed = state["version"] or charts.version_changes(steps)
+        audit = api.get_audit(http, name, limit=AUDIT_MARKED) if changed else []
     except api.ApiError:
-        return None, set()
+        return None, set(), None
     line = thermostat.target_line(state, steps[0]["step"], steps[-1]["step"])
-    return line, thermostat.thermostat_versions(audit)
+    return line, thermostat.thermostat_versions(audit), versions.started_with(audit, steps)
 
 
 def render() -> None:
@@ -160,10 +162,11 @@ def render() -> None:
             verdicts(analysis)
         floor = ((analysis or {}).get("collapse") or {}).get("floor_entropy")
         left, right = st.columns(2)
-        target, by_thermostat = thermostat_marks(http, name, steps)
+        target, by_thermostat, started = thermostat_marks(http, name, steps)
         left.plotly_chart(
             charts.entropy_reward(
-                steps, floor=api.number(floor), changes=charts.version_changes(steps),
+                steps, floor=api.number(floor),
+                changes=charts.version_changes(steps, started=started),
                 target=target, by_thermostat=by_thermostat,
             ),
             key="entropy-chart",
@@ -203,7 +206,7 @@ def render() -> None:
             st.dataframe(top_tokens.rows(tokens), hide_index=True, key="top-tokens")
         else:
             st.caption("No top tokens reported for the latest step.")
-        changes_table = versions.before_after(steps)
+        changes_table = versions.before_after(steps, started=started)
         if changes_table:
             st.subheader("Control changes: before and after")
             st.caption("Entropy slope and reward over the same number of steps on each side")

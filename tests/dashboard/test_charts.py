@@ -22,6 +22,13 @@ def test_control_changes_are_marked_with_the_version_applied() -> None:
     assert "v1" in labels and "v3" in labels
 
 
+def test_versions_the_run_started_with_are_not_changes() -> None:
+    run = steps([0, 1, 1, 2, 2])  # v1 was set before training: the client took it a step in
+    assert charts.version_changes(run, started=1) == [(3, 2)]
+    fig = charts.compare({"a": run}, "entropy", "Entropy", started={"a": 1})
+    assert [a.text for a in fig.layout.annotations] == ["v2"]
+
+
 def test_compared_runs_get_distinct_colours_and_their_own_change_marks() -> None:
     fig = charts.compare({"a": steps([0, 1]), "b": steps([0, 0])}, "entropy", "Entropy")
     colors = [trace.line.color for trace in fig.data]

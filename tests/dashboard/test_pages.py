@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.element_tree import Selectbox
 
+from bench.realistic import realistic_report
 from tests.conftest import ServerProcess
 from tests.dashboard.conftest import STEPS, collapsing_run
 
@@ -107,6 +109,47 @@ def apply(app: AppTest, **knobs: object) -> None:
     app.text_input(key="alpha-reason").set_value("test change")
     app.button[0].click()
     app.run()
+
+
+def put_control(url: str, run: str, version: int, **knobs: object) -> None:
+    httpx.put(
+        f"{url}/v1/runs/{run}/control",
+        json={**knobs, "reason": "test"},
+        headers={"If-Match": str(version)},
+    ).raise_for_status()
+
+
+def post_steps(url: str, run: str, steps: range, version: int) -> None:
+    """Steps as a client logs them now: its clock, the control version it ran under."""
+    reports = []
+    for step in steps:
+        report = realistic_report(step, 0) | {"time": time.time(), "control_version": version}
+        reports.append(report | {"world_size": 1})
+    httpx.post(f"{url}/v1/runs/{run}/reports", json=reports).raise_for_status()
+
+
+def test_a_control_set_before_training_is_not_drawn_as_a_change(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client starts with the defaults (v0) and learns the run's control from its first
+    answer, so a version set before training is applied a step in: not a change to mark. A
+    version set during the run is one."""
+    monkeypatch.setenv("ENTMON_URL", server.url)
+    put_control(server.url, "gamma", 0, loss_mode="clip_cov")  # v1, before the first report
+    post_steps(server.url, "gamma", range(0, 1), version=0)
+    post_steps(server.url, "gamma", range(1, 10), version=1)
+    put_control(server.url, "gamma", 1, loss_mode="kl_cov")  # v2, during the run
+    post_steps(server.url, "gamma", range(10, 20), version=2)
+    for name in ("run", "compare"):
+        app = page(name)
+        app.query_params["run"] = "gamma"
+        app.run()
+        assert not app.exception
+        chart = figure(app, "entropy-chart" if name == "run" else "compare-entropy")
+        marks = [a["text"] for a in chart["layout"]["annotations"]]  # type: ignore[index]
+        assert "v2" in marks and "v1" not in marks, (name, marks)
+        if name == "run":
+            assert list(app.dataframe[1].value["version"]) == ["v1 → v2"]
 
 
 def test_control_change_round_trip(streamed: ServerProcess) -> None:

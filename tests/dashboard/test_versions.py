@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from dashboard.versions import before_after, segments
+from dashboard.versions import before_after, segments, started_with
 
 
 def run(versions: list[int | None], entropy: list[float], reward: list[float]) -> list[Any]:
@@ -32,3 +32,17 @@ def test_a_change_is_judged_on_the_same_number_of_steps_each_side() -> None:
     assert row["entropy slope before (/100 steps)"] == pytest.approx(-1.0)
     assert row["entropy slope after (/100 steps)"] == pytest.approx(0.0)
     assert (row["reward before"], row["reward after"]) == (0.2, 0.4)
+
+
+def test_the_run_started_with_the_newest_version_requested_before_its_first_report() -> None:
+    steps = [{"step": 0, "time": 100.0}, {"step": 1, "time": 101.0}]
+    audit = [{"version": v, "when": t} for v, t in ((3, 100.5), (2, 99.0), (1, 98.0))]
+    assert started_with(audit, steps) == 2
+    assert started_with(audit[:1], steps) is None  # every change came during the run
+    assert started_with(audit, [{"step": 0, "time": None}]) is None
+
+
+def test_the_catch_up_to_the_starting_version_is_no_before_and_after_row() -> None:
+    steps = run([0, 1, 1, 1, 2, 2, 2], [1.0] * 7, [0.0] * 7)
+    assert [r["version"] for r in before_after(steps)] == ["v0 → v1", "v1 → v2"]
+    assert [r["version"] for r in before_after(steps, started=1)] == ["v1 → v2"]
