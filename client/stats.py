@@ -26,7 +26,13 @@ How micro-batches combine into the step's statistics (all token-weighted):
   least one) divided by the step's mean covariance (the paper reports about 1800); left out when
   the step has no covariance at all (every advantage equal, as when all of GRPO's groups score
   alike): 0 / 0 is no divergence and must not raise the non-finite alarm;
-- histograms add counts on the fixed layouts of `entmon.wire.layouts`; NaN goes to `nonfinite`.
+- histograms add counts on the fixed layouts of `entmon.wire.layouts`; NaN goes to `nonfinite`;
+- GRPO group health (sequences: rows of the mask with a valid token): the share of valid tokens
+  whose advantage is zero (|A| <= ZERO_ADVANTAGE) and the share of sequences whose valid tokens
+  all are, from counts that add; the response-length histogram counts sequences by their valid
+  tokens (length-v1), and with an entropy, `entropy_by_length` adds per length bucket the tokens
+  and the entropy sum of its sequences (exact to merge; a sequence whose entropy sum is not
+  finite goes to its `nonfinite` count instead).
 Non-finite inputs are never dropped: a NaN log-prob or entropy makes the means NaN and shows in
 the histograms' `nonfinite` counts.
 """
@@ -42,12 +48,23 @@ from torch import Tensor
 
 from client.batch import Batch, masked_batch, zero_masked
 from client.covariance import Centred, centred
-from client.histograms import bucket_counts_joint, bucket_counts_unmasked, histogram_wire
+from client.histograms import (
+    bucket_counts_joint,
+    bucket_counts_unmasked,
+    bucket_indices,
+    histogram_wire,
+)
 from client.losses import LossStats
 from client.selection import static_budget
 from client.topk import top_k
-from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count, bucket_index
-from entmon.wire.stats import pooled_std, weighted_mean
+from entmon.wire.layouts import (
+    COVARIANCE_LAYOUT,
+    ENTROPY_LAYOUT,
+    LENGTH_LAYOUT,
+    bucket_count,
+    bucket_index,
+)
+from entmon.wire.stats import ZERO_ADVANTAGE, pooled_std, weighted_mean
 
 TOP_FRACTION = 2e-4  # the paper's "top 0.02% of tokens"
 DEFAULT_TOP_TOKENS = 16
@@ -57,7 +74,7 @@ _LOWEST = torch.finfo(torch.float32).min  # score of masked tokens: below every 
 # Per micro-batch: counts (int64 on the device) and float32 values, packed as float64, all
 # micro-batches' counts first. Means are per micro-batch; `unpack` weights them by tokens.
 _COUNTS = ("tokens", "rows", "ent_tokens", "loss_tokens", "stat_tokens", "candidates",
-           "detached", "penalised", "budget")  # fmt: skip
+           "detached", "penalised", "budget", "zero_adv_tokens", "zero_adv_rows")  # fmt: skip
 _VALUES = ("lp_mean", "adv_mean", "adv_m2", "cov_sum", "cov_sq", "ent_sum", "abs_lr_mean",
            "loss", "pen_abs_lr_mean", "clip_frac")  # fmt: skip
 # Columns of the top-token buffer.
@@ -135,6 +152,10 @@ class StepAccumulator:
         self._joint: Tensor | None = None
         self._cov_counts: Tensor | None = None
         self._top: Tensor | None = None  # k, len(_TOP), sorted by cov descending
+        self._lengths: Tensor | None = None  # sequences per length-v1 bucket, then NaN (int64)
+        # With an entropy: tokens, entropy sum and sequences per length-v1 bucket (float64,
+        # 3 x buckets + 2: the non-finite slot, then the slot of rows without valid tokens)
+        self._by_length: Tensor | None = None
         self._numel = 0  # tokens seen, masked included (host-side, from the shapes)
         self._entropy_numel = 0  # the same, for micro-batches that gave an entropy
         self._loss_mode: str | None = None
@@ -181,7 +202,14 @@ class StepAccumulator:
         counts = dict.fromkeys(_COUNTS, zero_i)
         values = dict.fromkeys(_VALUES, zero_f)
         counts["tokens"] = c.n
-        counts["rows"] = torch.count_nonzero(batch.keep.sum(dim=-1))
+        lengths = batch.keep.sum(dim=-1)  # B: valid tokens per row (exact in float32)
+        counts["rows"] = torch.count_nonzero(lengths)
+        counts["zero_adv_tokens"], counts["zero_adv_rows"] = self._zero_advantages(batch, lengths)
+        length_bucket = bucket_indices(lengths, LENGTH_LAYOUT, mask=lengths)  # B, K + 1: none
+        K = bucket_count(LENGTH_LAYOUT)
+        per_length = torch.zeros(K + 2, dtype=torch.int64, device=keep.device)
+        per_length.index_add_(0, length_bucket, torch.ones_like(length_bucket))
+        self._lengths = per_length if self._lengths is None else self._lengths.add_(per_length)
         values["lp_mean"] = c.lp_mean
         values["adv_mean"] = c.adv_mean
         values["adv_m2"] = adv_dev.dot(adv_dev)
@@ -197,6 +225,7 @@ class StepAccumulator:
             counts["ent_tokens"] = c.n
             self._entropy_numel += N
             values["ent_sum"] = ent.sum()
+            self._add_by_length(ent.view(lengths.shape[0], -1), lengths, length_bucket)
             joint = bucket_counts_joint(
                 ent, ENTROPY_LAYOUT, cov, COVARIANCE_LAYOUT, scratch=scratch
             )
@@ -224,6 +253,31 @@ class StepAccumulator:
         self._update_top(batch, c, entropy, token_ids)
         self._count_rows.append(torch.stack([counts[k] for k in _COUNTS]))
         self._value_rows.append(torch.stack([values[k] for k in _VALUES]))  # float32
+
+    def _zero_advantages(self, batch: Batch, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Valid tokens with zero advantage, and rows with valid tokens that are all so
+        (int64). Masked advantages are exactly 0, so a row is all zero where every position
+        is; NaN is not zero."""
+        adv = batch.advantages.reshape(-1)
+        T = batch.keep.shape[1]
+        buffer = self._scratch(2, adv.numel()) if adv.dtype == torch.float32 else None
+        zero = torch.abs(adv, out=buffer) if buffer is not None else adv.float().abs_()
+        per_row = zero.le_(ZERO_ADVANTAGE).view(-1, T).sum(dim=-1)  # B: zero positions
+        tokens = (per_row + lengths - T).double().sum().long()  # B sums: float64 stays exact
+        rows = torch.count_nonzero((per_row == T) & (lengths > 0))
+        return tokens, rows
+
+    def _add_by_length(self, ent: Tensor, lengths: Tensor, bucket: Tensor) -> None:
+        """Add each row's tokens and entropy sum to its length bucket (`ent`: B x T, 0 at
+        masked tokens); a row whose sum is not finite goes to the non-finite slot."""
+        row_sum = ent.sum(dim=-1)  # B
+        finite = torch.isfinite(row_sum)
+        K = bucket_count(LENGTH_LAYOUT)
+        bucket = torch.where(finite | (lengths == 0), bucket, K)
+        parts = torch.stack([lengths, torch.where(finite, row_sum, 0.0), torch.ones_like(lengths)])
+        by_length = torch.zeros(3, K + 2, dtype=torch.float64, device=ent.device)
+        by_length.index_add_(1, bucket, parts.double())
+        self._by_length = by_length if self._by_length is None else self._by_length.add_(by_length)
 
     def _zeros(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """0-d int64 and float32 zeros on `device`, made once (never written to)."""
@@ -295,7 +349,7 @@ class StepAccumulator:
             (values[0] if M == 1 else torch.stack(values)).double().view(-1),  # M x _VALUES
         ]
         # The histograms go whole (a few thousand counts): `unpack` sums the joint ones.
-        for hist in (self._joint, self._cov_counts):
+        for hist in (self._joint, self._cov_counts, self._lengths, self._by_length):
             if hist is not None:
                 parts.append(hist.view(-1).double())
         flat = torch.cat([*parts, self._top.view(-1)])
@@ -378,6 +432,13 @@ class PackedStep:
         if L.cov_only:
             by_cov += host[pos : pos + by_cov.numel()]
             pos += by_cov.numel()
+        K = bucket_count(LENGTH_LAYOUT)
+        per_length = host[pos : pos + K + 2].tolist()
+        pos += K + 2
+        by_length = None
+        if L.entropy:
+            by_length = host[pos : pos + 3 * (K + 2)].view(3, K + 2).tolist()
+            pos += 3 * (K + 2)
         histograms: dict[str, Any] = {}
         for name, layout, hist, numel, valid in (
             ("entropy", ENTROPY_LAYOUT, by_entropy, L.entropy_numel, "ent_tokens"),
@@ -389,6 +450,13 @@ class PackedStep:
             # Masked entries were counted as zeros: take them back out.
             bucket_counts[bucket_index(layout, 0.0)] -= numel - sum(r[valid] for r in rows)
             histograms[name] = histogram_wire(layout, bucket_counts)
+        if sum(per_length[:K]):
+            histograms["response_length"] = histogram_wire(LENGTH_LAYOUT, per_length[: K + 1])
+        if by_length is not None and sum(by_length[2][: K + 1]):
+            tokens, sums, sequences = by_length
+            histograms["entropy_by_length"] = histogram_wire(
+                LENGTH_LAYOUT, [*tokens[:K], sequences[K]]
+            ) | {"sums": sums[:K]}
         top_values = host[pos:].tolist()
         top = [top_values[i : i + len(_TOP)] for i in range(0, len(top_values), len(_TOP))]
         stats, user = _combine(rows, [t[0] for t in top], L)
@@ -427,7 +495,11 @@ def _combine(
     top_mean = math.fsum(top) / len(top)
     if top_mean != 0 or stats["cov_mean"] != 0:  # both 0: every advantage equal, no covariance
         stats["cov_top_concentration"] = _ratio(top_mean, stats["cov_mean"])
-    stats["response_length"] = N / max(sum(r["rows"] for r in rows), 1.0)
+    sequences = sum(r["rows"] for r in rows)  # at least one: N > 0
+    stats["sequences"] = int(sequences)
+    stats["response_length"] = N / sequences
+    stats["zero_adv_token_share"] = sum(r["zero_adv_tokens"] for r in rows) / N
+    stats["zero_adv_sequence_share"] = sum(r["zero_adv_rows"] for r in rows) / sequences
     if any(r["ent_tokens"] for r in rows):
         ent_tokens = sum(r["ent_tokens"] for r in rows)
         stats["entropy"] = sum(r["ent_sum"] for r in rows) / ent_tokens
