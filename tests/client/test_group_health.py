@@ -6,15 +6,19 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import httpx
 import pytest
 import torch
 
+from client import Monitor
 from client.histograms import bucket_indices
 from client.stats import StepAccumulator
 from entmon.wire.layouts import LAYOUTS, LENGTH_LAYOUT, bucket_count, bucket_index
 from entmon.wire.stats import ZERO_ADVANTAGE
 from monitor.merge import merge_counts, merge_stats
 from monitor.report_codec import report_from_python
+from tests.client.conftest import FAST, stored_steps
+from tests.conftest import ServerProcess
 
 K = bucket_count(LENGTH_LAYOUT)
 INPUTS = ("log_prob", "old_log_prob", "advantages", "entropy")
@@ -199,3 +203,46 @@ def test_length_buckets_on_the_device_match_the_layout_at_every_boundary() -> No
     got = bucket_indices(torch.tensor(lengths, dtype=torch.float32), LENGTH_LAYOUT).tolist()
     assert got == [bucket_index(LENGTH_LAYOUT, n) for n in lengths]
     assert got[-1] == K - 1  # beyond the last bound: the +Inf bucket
+
+
+def test_a_real_service_merges_the_ranks_and_exports_the_gauges(
+    shared_server: ServerProcess,
+) -> None:
+    """Two ranks through `entmon serve`: the API's merged step and histograms are the whole
+    batch's, and /metrics carries the shares and the mean length."""
+    url, run = shared_server.url, "health"
+    batch = grpo_batch(6, B=32)
+    batch["advantages"][9, 0] = 0.3  # no NaN: the loss stays finite
+    batch["response_mask"][:12, 10:] = 0  # rank 0's responses are short
+    for rank, (lo, hi) in enumerate(((0, 16), (16, 32))):
+        with Monitor(run=run, url=url, config=FAST, rank=rank, world_size=2) as mon:
+            b = rows(batch, lo, hi)
+            mon.policy_loss(
+                b["log_prob"].requires_grad_(), b["old_log_prob"], b["advantages"],
+                b["response_mask"], entropy=b["entropy"],
+            )  # fmt: skip
+            mon.log(0)
+    want = reference(batch)
+    (point,) = stored_steps(url, run)
+    assert point["ranks"] == 2
+    served: dict[str, Any] = {"stats": point["stats"], "histograms": {}}
+    for name in ("response_length", "entropy_by_length"):
+        series = httpx.get(f"{url}/v1/runs/{run}/histograms", params={"name": name}).json()
+        assert series["layout"] == LENGTH_LAYOUT and len(series["upper_bounds"]) == K - 1
+        (hist,) = series["steps"]
+        served["histograms"][name] = {"layout": series["layout"]} | {
+            k: v for k, v in hist.items() if k != "step" and v is not None
+        }
+    assert_health(served, want)
+    gauges = {
+        line.split()[0]: float(line.split()[1])
+        for line in httpx.get(f"{url}/metrics").text.splitlines()
+        if f'{{run="{run}"}}' in line
+    }
+    labels = f'{{run="{run}"}}'
+    for metric, stat in (
+        ("zero_advantage_sequence_share", "zero_adv_sequence_share"),
+        ("zero_advantage_token_share", "zero_adv_token_share"),
+        ("response_length", "response_length"),
+    ):
+        assert gauges[f"entmon_{metric}{labels}"] == pytest.approx(want["stats"][stat]), metric
