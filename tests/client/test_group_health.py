@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from client import Monitor
-from client.histograms import bucket_indices
+from client.histograms import length_buckets
 from client.stats import StepAccumulator
 from entmon.wire.layouts import LAYOUTS, LENGTH_LAYOUT, bucket_count, bucket_index
 from entmon.wire.stats import ZERO_ADVANTAGE
@@ -200,7 +200,8 @@ def test_group_health_never_reads_the_device(monkeypatch: pytest.MonkeyPatch) ->
 def test_length_buckets_on_the_device_match_the_layout_at_every_boundary() -> None:
     bounds = [int(b) for b in LAYOUTS[LENGTH_LAYOUT]]
     lengths = sorted({n for b in bounds for n in (b - 1, b, b + 1)} | {10**6})
-    got = bucket_indices(torch.tensor(lengths, dtype=torch.float32), LENGTH_LAYOUT).tolist()
+    lengths = [0, *lengths]  # a row without valid tokens: bucket 0, taken out by `unpack`
+    got = length_buckets(torch.tensor(lengths, dtype=torch.float32)).tolist()
     assert got == [bucket_index(LENGTH_LAYOUT, n) for n in lengths]
     assert got[-1] == K - 1  # beyond the last bound: the +Inf bucket
 
