@@ -10,7 +10,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_scrape.py"
 
 
-def test_scrape_benchmark_runs_small_through_a_real_service_and_prints_growth_and_the_ratio() -> None:
+def test_scrape_benchmark_runs_small_through_a_real_service_and_prints_growth_and_ratio() -> None:
     result = subprocess.run(
         [sys.executable, str(BENCH), "--runs", "3,8", "--steps", "40", "--repeat", "1", "--http"],
         capture_output=True, text=True, timeout=300, check=False,
