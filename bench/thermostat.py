@@ -494,8 +494,10 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
-    for row, mode in enumerate(TARGETS):
+    # a row per target some controller tracked (all of them when none did)
+    modes = [t for t in TARGETS if any(r["target_mode"] == t for r in runs)] or list(TARGETS)
+    fig, axes = plt.subplots(len(modes), 3, figsize=(16, 4 * len(modes)), squeeze=False)
+    for row, mode in enumerate(modes):
         ax_h, ax_r, ax_c = axes[row]
         for m in METHODS:
             rs = [r for r in runs if r["method"] == m and r["target_mode"] in (mode, "none")]
