@@ -8,7 +8,10 @@ the HTTP hop) and prints their growth per run. Side by side, at the smallest siz
 with the run length as well), the previous code: run after run, five dependent reads each and
 the analysis at scrape time.
 
-    python bench/bench_scrape.py --runs 100,1000,5000 --steps 2000
+    python bench/bench_scrape.py --runs 100,1000,5000 --steps 2000 --http
+
+--http also starts a real `entmon serve` on the seeded Redis and times the two routes through
+HTTP (what Prometheus waits for: the route, uvicorn and sending the body).
 
 Memory: about 0.35 KB of Redis per report (1 rank, compact reports; the latest step's details
 are full), so 5,000 x 2,000 steps is about 3.5 GB.
@@ -20,11 +23,13 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,7 +37,7 @@ from bench.bench_analysis_scrape import timed
 from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
 from monitor.analysis import AnalysisParams
 from monitor.api_models import RunsResponse, RunSummary
-from monitor.embedded_redis import EmbeddedRedis
+from monitor.embedded_redis import EmbeddedRedis, free_port
 from monitor.gauges import SCRAPE_MAX_POINTS, AnalysisGauges
 from monitor.metrics import RunSnapshot, exposition
 from monitor.routers.metrics import _snapshots
@@ -137,7 +142,41 @@ async def previous_run_list(store: Store) -> bytes:
     return RunsResponse(runs=runs).model_dump_json().encode()
 
 
-async def main(sizes: list[int], steps: int, repeat: int) -> dict[str, float]:
+def start_service(redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`entmon serve` on the seeded Redis, open access on loopback, ready to answer."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTMON_")}
+    env |= {"ENTMON_REDIS_URL": redis_url, "ENTMON_REDIS_TIMEOUT_S": "60"}
+    command = [sys.executable, "-m", "entmon.cli", "serve", "--port", str(port)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"entmon serve did not get ready on {redis_url}")
+
+
+async def over_http(url: str, path: str, repeat: int) -> tuple[float, int]:
+    """Median time of GET url+path, and the body's size."""
+    size = 0
+    async with httpx.AsyncClient(timeout=600) as http:
+
+        async def get() -> None:
+            nonlocal size
+            response = await http.get(url + path)
+            response.raise_for_status()
+            size = len(response.content)
+
+        return await timed(get, repeat), size
+
+
+async def main(sizes: list[int], steps: int, repeat: int, http: bool) -> dict[str, float]:
     figures: dict[str, float] = {}
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     with (
@@ -148,6 +187,7 @@ async def main(sizes: list[int], steps: int, repeat: int) -> dict[str, float]:
         store = Store(redis, retention_steps=steps + 1)
         seeded = 0
         rows = []
+        service, url = start_service(srv.url) if http else (None, "")
         for n in sorted(sizes):
             start = time.perf_counter()
             await seed(redis, seeded, n - seeded, steps)
@@ -169,6 +209,16 @@ async def main(sizes: list[int], steps: int, repeat: int) -> dict[str, float]:
                 f"load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
+            if service is not None:
+                metrics_http, body = await over_http(url, "/metrics", repeat)
+                runs_http, _ = await over_http(url, "/v1/runs", repeat)
+                figures[f"metrics_http_{n}"], figures[f"runs_http_{n}"] = metrics_http, runs_http
+                print(
+                    f"{'':>6} through HTTP (entmon serve): /metrics {metrics_http:7.3f} s "
+                    f"({body / 1e6:.1f} MB)   GET /v1/runs {runs_http:7.3f} s   "
+                    f"(load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
             if n == min(sizes):
                 old_metrics = await timed(lambda: previous_scrape(store), 1)
                 old_runs = await timed(lambda: previous_run_list(store), 1)
@@ -187,6 +237,9 @@ async def main(sizes: list[int], steps: int, repeat: int) -> dict[str, float]:
                 f"GET /v1/runs {per_runs * 1e3:.3f} ms"
             )
         await redis.aclose()
+        if service is not None:
+            service.terminate()
+            service.wait(30)
     return figures
 
 
@@ -195,5 +248,6 @@ if __name__ == "__main__":
     parser.add_argument("--runs", default="100,1000,5000", help="comma-separated run counts")
     parser.add_argument("--steps", type=int, default=2000, help="steps per run")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--http", action="store_true", help="also time a real entmon serve")
     args = parser.parse_args()
-    asyncio.run(main([int(n) for n in args.runs.split(",")], args.steps, args.repeat))
+    asyncio.run(main([int(n) for n in args.runs.split(",")], args.steps, args.repeat, args.http))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from monitor.analysis import Analysis, AnalysisParams
+from monitor.background import Background
 from monitor.run_analysis import run_analysis
 from monitor.store import Store
 
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 SCRAPE_MAX_POINTS = 500
 SCRAPE_REFRESH_MAX = 4  # runs a scrape analyses itself (the background task does the others)
 REFRESH_INTERVAL_S = 5.0  # least time between two analyses of one run by one process
-STOP_TIMEOUT_S = 2.0
 PENDING_MAX = 100_000  # runs waiting for a refresh that a process remembers
 
 
@@ -111,33 +111,25 @@ async def refresh(store: Store, run: str) -> AnalysisGauges | None:
     return gauges
 
 
-class GaugeRefresher:
+class GaugeRefresher(Background):
     """Background task of one process: runs that took reports are analysed again, each at most
     once every REFRESH_INTERVAL_S, one at a time (a busy service spends at most one analysis
     at a time on this, between requests)."""
 
+    name = "entmon-gauge-refresher"
+
     def __init__(self, store: Store, interval_s: float = REFRESH_INTERVAL_S) -> None:
+        super().__init__()
         self.store = store
         self.interval_s = interval_s
         self._pending: dict[str, None] = {}  # insertion order: oldest first
         self._done: dict[str, float] = {}  # run -> when this process last analysed it
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def note(self, run: str) -> None:
         if len(self._pending) < PENDING_MAX:
             self._pending[run] = None
             self._wake.set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="entmon-gauge-refresher")
-
-    async def stop(self) -> None:
-        """Cancel the task; never wait long for it (shutdown must not hang on a Redis read
-        that a cancellation does not end)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
 
     async def _loop(self) -> None:
         while True:

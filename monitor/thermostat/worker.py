@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from entmon.wire.knobs import control_errors
 from monitor.api_models import AuditEntry, Control, ThermostatDecision, ThermostatStatus
+from monitor.background import Background
 from monitor.store import RunKeys, Store
 from monitor.thermostat.law import State, StepInput, acting_value, decide, knob_changes
 from monitor.thermostat.record import WHO, Thermostats
@@ -27,7 +28,6 @@ from monitor.thermostat.record import WHO, Thermostats
 log = logging.getLogger(__name__)
 COMMIT_TRIES = 3  # a lost compare-and-set reads again: the second read finds the step taken
 DECIDE_TIMEOUT_S = 10.0  # one step's decision, at most (a few Redis round trips)
-STOP_TIMEOUT_S = 2.0
 PENDING_RUNS_MAX = 100_000
 PENDING_STEPS_MAX = 64  # per run: the newest kept (an older one is superseded anyway)
 
@@ -98,15 +98,17 @@ async def decide_step(thermostats: Thermostats, run: str, step: int) -> Thermost
     return None
 
 
-class ThermostatWorker:
+class ThermostatWorker(Background):
     """Background task of one process: decides the noted steps, one run at a time, each
     decision bounded by DECIDE_TIMEOUT_S; an error is logged, never raised into a request."""
 
+    name = "entmon-thermostat"
+
     def __init__(self, store: Store) -> None:
+        super().__init__()
         self.thermostats = Thermostats(store)
         self._pending: dict[str, set[int]] = {}  # insertion order: oldest first
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     def note(self, run: str, steps: set[int]) -> None:
         pending = self._pending.get(run)
@@ -118,14 +120,6 @@ class ThermostatWorker:
         if len(pending) > PENDING_STEPS_MAX:
             self._pending[run] = set(sorted(pending)[-PENDING_STEPS_MAX:])
         self._wake.set()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="entmon-thermostat")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=STOP_TIMEOUT_S)
 
     async def _loop(self) -> None:
         while True:

@@ -10,15 +10,16 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_scrape.py"
 
 
-def test_scrape_benchmark_runs_small_and_prints_growth_and_the_ratio() -> None:
+def test_scrape_benchmark_runs_small_through_a_real_service_and_prints_growth_and_ratio() -> None:
     result = subprocess.run(
-        [sys.executable, str(BENCH), "--runs", "3,8", "--steps", "40", "--repeat", "1"],
+        [sys.executable, str(BENCH), "--runs", "3,8", "--steps", "40", "--repeat", "1", "--http"],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "8 runs x 40 steps: /metrics" in result.stdout
     assert "ratio previous / now:" in result.stdout
     assert "growth per run (3 -> 8 runs)" in result.stdout
+    assert result.stdout.count("through HTTP (entmon serve): /metrics") == 2  # a real service
 
 
 def test_side_by_side_reads_seed_a_given_redis_and_print_the_redis_side(redis_url: str) -> None:
