@@ -37,7 +37,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, LAYOUTS, bucket_count
+from entmon.wire.layouts import (
+    COVARIANCE_LAYOUT,
+    ENTROPY_LAYOUT,
+    LAYOUTS,
+    LENGTH_LAYOUT,
+    bucket_count,
+)
 
 _BIAS = 1e-3  # the logarithm estimate's downward bias, in buckets
 # cov-symlog-v1 from the bits of |x| read as an integer I: log2|x| ~ I / 2**23 - 127.
@@ -261,6 +267,14 @@ def bucket_counts_joint(
     _indices(y, second_layout, out=j, temps=temps)
     joint = _count(torch.add(j, i, alpha=size, out=j), (bucket_count(first_layout) + 1) * size)
     return joint.view(-1, size)
+
+
+@torch.no_grad()
+def length_buckets(lengths: Tensor) -> Tensor:
+    """length-v1 bucket (int64) of each length (float32 integers; 0 lands in bucket 0): a
+    binary search, on the few values of a micro-batch's rows. No host synchronisation."""
+    table = _upper_table(LENGTH_LAYOUT, lengths.device, torch.float32)
+    return torch.bucketize(lengths, table[: bucket_count(LENGTH_LAYOUT) - 1])
 
 
 def histogram_wire(layout: str, counts: Sequence[int | float]) -> dict[str, Any]:

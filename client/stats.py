@@ -26,7 +26,13 @@ How micro-batches combine into the step's statistics (all token-weighted):
   least one) divided by the step's mean covariance (the paper reports about 1800); left out when
   the step has no covariance at all (every advantage equal, as when all of GRPO's groups score
   alike): 0 / 0 is no divergence and must not raise the non-finite alarm;
-- histograms add counts on the fixed layouts of `entmon.wire.layouts`; NaN goes to `nonfinite`.
+- histograms add counts on the fixed layouts of `entmon.wire.layouts`; NaN goes to `nonfinite`;
+- GRPO group health (sequences: rows of the mask with a valid token): one table per step adds,
+  per response-length bucket (length-v1), the sequences, those whose valid tokens all have zero
+  advantage (|A| <= ZERO_ADVANTAGE), their zero-advantage tokens and, with an entropy, the tokens
+  and entropy sum of the sequences whose entropy sum is finite (the others are counted apart).
+  Its row sums give the zero-advantage shares, its columns the response-length histogram and
+  `entropy_by_length`: all exact to merge.
 Non-finite inputs are never dropped: a NaN log-prob or entropy makes the means NaN and shows in
 the histograms' `nonfinite` counts.
 """
@@ -42,12 +48,23 @@ from torch import Tensor
 
 from client.batch import Batch, masked_batch, zero_masked
 from client.covariance import Centred, centred
-from client.histograms import bucket_counts_joint, bucket_counts_unmasked, histogram_wire
+from client.histograms import (
+    bucket_counts_joint,
+    bucket_counts_unmasked,
+    histogram_wire,
+    length_buckets,
+)
 from client.losses import LossStats
 from client.selection import static_budget
 from client.topk import top_k
-from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count, bucket_index
-from entmon.wire.stats import pooled_std, weighted_mean
+from entmon.wire.layouts import (
+    COVARIANCE_LAYOUT,
+    ENTROPY_LAYOUT,
+    LENGTH_LAYOUT,
+    bucket_count,
+    bucket_index,
+)
+from entmon.wire.stats import ZERO_ADVANTAGE, pooled_std, weighted_mean
 
 TOP_FRACTION = 2e-4  # the paper's "top 0.02% of tokens"
 DEFAULT_TOP_TOKENS = 16
@@ -60,6 +77,10 @@ _COUNTS = ("tokens", "rows", "ent_tokens", "loss_tokens", "stat_tokens", "candid
            "detached", "penalised", "budget")  # fmt: skip
 _VALUES = ("lp_mean", "adv_mean", "adv_m2", "cov_sum", "cov_sq", "ent_sum", "abs_lr_mean",
            "loss", "pen_abs_lr_mean", "clip_frac")  # fmt: skip
+# Rows of the group-health table (float64, one column per length-v1 bucket). Rows without a
+# valid token land in bucket 0 as all-zero sequences: `unpack` takes them back out.
+_GROUPS = ("sequences", "zero_adv_sequences", "zero_adv_tokens", "ent_tokens", "ent_sum",
+           "ent_nonfinite")  # fmt: skip
 # Columns of the top-token buffer.
 CONTEXT_TOKENS = 4  # tokens kept on each side of a top token, decoded as its context
 _CONTEXT = tuple(f"context_{i}" for i in range(2 * CONTEXT_TOKENS))
@@ -135,6 +156,8 @@ class StepAccumulator:
         self._joint: Tensor | None = None
         self._cov_counts: Tensor | None = None
         self._top: Tensor | None = None  # k, len(_TOP), sorted by cov descending
+        self._groups: Tensor | None = None  # len(_GROUPS) x length-v1 buckets, float64
+        self._rows = 0  # rows seen, without valid tokens included (host-side, from the shapes)
         self._numel = 0  # tokens seen, masked included (host-side, from the shapes)
         self._entropy_numel = 0  # the same, for micro-batches that gave an entropy
         self._loss_mode: str | None = None
@@ -181,7 +204,8 @@ class StepAccumulator:
         counts = dict.fromkeys(_COUNTS, zero_i)
         values = dict.fromkeys(_VALUES, zero_f)
         counts["tokens"] = c.n
-        counts["rows"] = torch.count_nonzero(batch.keep.sum(dim=-1))
+        lengths = batch.keep.sum(dim=-1)  # B: valid tokens per row (exact in float32)
+        counts["rows"] = torch.count_nonzero(lengths)
         values["lp_mean"] = c.lp_mean
         values["adv_mean"] = c.adv_mean
         values["adv_m2"] = adv_dev.dot(adv_dev)
@@ -191,12 +215,14 @@ class StepAccumulator:
         # The histograms: masked entries are exactly 0 in both; `unpack` takes them out of
         # the zero buckets. With an entropy, one counting pass over their joint buckets.
         scratch = [self._scratch(i, N) for i in (2, 3, 4, 7)]
+        entropy_rows = None
         if entropy is not None:
             ent = zero_masked(entropy.detach().float(), batch, out=self._scratch(0, N))
             ent = ent.view(-1)  # N
             counts["ent_tokens"] = c.n
             self._entropy_numel += N
             values["ent_sum"] = ent.sum()
+            entropy_rows = ent.view(lengths.shape[0], -1).sum(dim=-1)  # B
             joint = bucket_counts_joint(
                 ent, ENTROPY_LAYOUT, cov, COVARIANCE_LAYOUT, scratch=scratch
             )
@@ -221,9 +247,34 @@ class StepAccumulator:
             abs_lr = (batch.log_prob.detach() - batch.old_log_prob).abs().sum()
             counts["stat_tokens"] = c.n
             values["abs_lr_mean"] = abs_lr.float() / c.n.clamp(min=1)
+        self._add_groups(batch, lengths, entropy_rows)
         self._update_top(batch, c, entropy, token_ids)
         self._count_rows.append(torch.stack([counts[k] for k in _COUNTS]))
         self._value_rows.append(torch.stack([values[k] for k in _VALUES]))  # float32
+
+    def _add_groups(self, batch: Batch, lengths: Tensor, entropy_rows: Tensor | None) -> None:
+        """Add each row to the group-health table at its length bucket (`lengths`: valid tokens
+        per row; `entropy_rows`: each row's entropy sum, masked tokens 0). Masked advantages
+        are exactly 0, so a row is all zero where all its positions are; NaN is not zero. A
+        dozen operations on the micro-batch or its B rows: no per-statistic pass."""
+        adv = batch.advantages.reshape(-1)
+        T = batch.keep.shape[1]
+        buffer = self._scratch(2, adv.numel()) if adv.dtype == torch.float32 else None
+        zero = torch.abs(adv, out=buffer) if buffer is not None else adv.float().abs_()
+        per_row = zero.le_(ZERO_ADVANTAGE).view(-1, T).sum(dim=-1)  # B: zero positions
+        all_zero = (per_row == T).float()
+        zero_tokens = per_row.add_(lengths).sub_(T)  # its valid ones
+        parts = [torch.ones_like(lengths), all_zero, zero_tokens]  # float32: exact integers
+        if entropy_rows is not None:
+            finite = torch.isfinite(entropy_rows).float()
+            sums = torch.where(finite > 0, entropy_rows, 0.0)
+            parts += [lengths * finite, sums, 1.0 - finite]
+        if self._groups is None:
+            shape = (len(_GROUPS), bucket_count(LENGTH_LAYOUT))
+            self._groups = torch.zeros(shape, dtype=torch.float64, device=lengths.device)
+        source = torch.stack(parts).double()
+        self._groups[: len(parts)].index_add_(1, length_buckets(lengths), source)
+        self._rows += lengths.numel()
 
     def _zeros(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """0-d int64 and float32 zeros on `device`, made once (never written to)."""
@@ -287,7 +338,7 @@ class StepAccumulator:
         """Concatenate the step into one flat tensor, start its copy to the host, reset."""
         if not self._count_rows or self._top is None:
             self.reset()
-            return PackedStep(None, _Layout(0, False, False, None, self.top_fraction, 0, 0))
+            return PackedStep(None, _Layout(0, False, False, None, self.top_fraction, 0, 0, 0))
         M = len(self._count_rows)  # micro-batches
         counts, values = self._count_rows, self._value_rows
         parts = [
@@ -295,7 +346,7 @@ class StepAccumulator:
             (values[0] if M == 1 else torch.stack(values)).double().view(-1),  # M x _VALUES
         ]
         # The histograms go whole (a few thousand counts): `unpack` sums the joint ones.
-        for hist in (self._joint, self._cov_counts):
+        for hist in (self._joint, self._cov_counts, self._groups):
             if hist is not None:
                 parts.append(hist.view(-1).double())
         flat = torch.cat([*parts, self._top.view(-1)])
@@ -307,6 +358,7 @@ class StepAccumulator:
             top_fraction=self.top_fraction,
             numel=self._numel,
             entropy_numel=self._entropy_numel,
+            rows=self._rows,
             top_tokens=self.top_tokens,
         )
         self.reset()
@@ -330,6 +382,7 @@ class _Layout:
     top_fraction: float
     numel: int  # tokens passed in, masked included: masked ones sit in the zero buckets
     entropy_numel: int
+    rows: int  # rows passed in, those without a valid token included
     top_tokens: int = DEFAULT_TOP_TOKENS
 
 
@@ -378,6 +431,13 @@ class PackedStep:
         if L.cov_only:
             by_cov += host[pos : pos + by_cov.numel()]
             pos += by_cov.numel()
+        K = bucket_count(LENGTH_LAYOUT)
+        table = host[pos : pos + len(_GROUPS) * K].view(len(_GROUPS), K).tolist()
+        groups = dict(zip(_GROUPS, table, strict=True))
+        pos += len(_GROUPS) * K
+        empty = L.rows - sum(r["rows"] for r in rows)  # rows without a valid token: bucket 0
+        groups["sequences"][0] -= empty
+        groups["zero_adv_sequences"][0] -= empty
         histograms: dict[str, Any] = {}
         for name, layout, hist, numel, valid in (
             ("entropy", ENTROPY_LAYOUT, by_entropy, L.entropy_numel, "ent_tokens"),
@@ -389,9 +449,17 @@ class PackedStep:
             # Masked entries were counted as zeros: take them back out.
             bucket_counts[bucket_index(layout, 0.0)] -= numel - sum(r[valid] for r in rows)
             histograms[name] = histogram_wire(layout, bucket_counts)
+        if any(groups["sequences"]):
+            lengths = [*groups["sequences"], 0]  # a length is never NaN
+            histograms["response_length"] = histogram_wire(LENGTH_LAYOUT, lengths)
+        if L.entropy and (any(groups["ent_tokens"]) or any(groups["ent_nonfinite"])):
+            counts = [*groups["ent_tokens"], sum(groups["ent_nonfinite"])]
+            histograms["entropy_by_length"] = histogram_wire(LENGTH_LAYOUT, counts) | {
+                "sums": groups["ent_sum"]
+            }
         top_values = host[pos:].tolist()
         top = [top_values[i : i + len(_TOP)] for i in range(0, len(top_values), len(_TOP))]
-        stats, user = _combine(rows, [t[0] for t in top], L)
+        stats, user = _combine(rows, [t[0] for t in top], L, groups)
         return {
             "stats": stats,
             "histograms": histograms,
@@ -401,7 +469,7 @@ class PackedStep:
 
 
 def _combine(
-    rows: list[dict[str, float]], top_cov: list[float], L: _Layout
+    rows: list[dict[str, float]], top_cov: list[float], L: _Layout, groups: dict[str, list[float]]
 ) -> tuple[dict[str, float | int], dict[str, float]]:
     """The step's statistics from the micro-batch rows (host side, float64)."""
     N = sum(r["tokens"] for r in rows)
@@ -427,7 +495,11 @@ def _combine(
     top_mean = math.fsum(top) / len(top)
     if top_mean != 0 or stats["cov_mean"] != 0:  # both 0: every advantage equal, no covariance
         stats["cov_top_concentration"] = _ratio(top_mean, stats["cov_mean"])
-    stats["response_length"] = N / max(sum(r["rows"] for r in rows), 1.0)
+    sequences = sum(r["rows"] for r in rows)  # at least one: N > 0
+    stats["sequences"] = int(sequences)
+    stats["response_length"] = N / sequences
+    stats["zero_adv_token_share"] = math.fsum(groups["zero_adv_tokens"]) / N
+    stats["zero_adv_sequence_share"] = math.fsum(groups["zero_adv_sequences"]) / sequences
     if any(r["ent_tokens"] for r in rows):
         ent_tokens = sum(r["ent_tokens"] for r in rows)
         stats["entropy"] = sum(r["ent_sum"] for r in rows) / ent_tokens

@@ -106,25 +106,33 @@ def put_control(
     client: httpx.Client, run: str, *, version: int, knobs: dict[str, Any], reason: str
 ) -> ControlResult:
     """Apply knobs with optimistic concurrency: `version` is the one the user was looking at."""
-    try:
-        response = client.put(
-            f"/v1/runs/{run}/control",
-            json={**knobs, "reason": reason},
-            headers={"If-Match": f'"{version}"'},
-        )
-    except httpx.HTTPError as e:
-        raise ApiError(f"cannot reach the monitor: {e}") from e
+    response = _put_if_match(
+        client, f"/v1/runs/{run}/control", {**knobs, "reason": reason}, version, "control"
+    )
     if response.status_code == 412:
         body = response.json()
         return ControlResult(False, body["current"], body.get("last_change"))
-    if response.status_code == 403:
-        raise ApiError("changing controls needs an admin token")
-    if response.status_code == 422:
-        problems = [e.get("msg", str(e)) for e in response.json().get("detail", [])]
-        raise ApiError("invalid control: " + "; ".join(problems))
-    if response.status_code >= 400:
-        raise ApiError(f"PUT control answered {response.status_code}: {response.text[:300]}")
     return ControlResult(True, response.json())
+
+
+def _put_if_match(
+    client: httpx.Client, path: str, body: dict[str, Any], version: int, what: str
+) -> httpx.Response:
+    """PUT with If-Match; the response when it applied or answered 412 (stale version), an
+    ApiError naming the problem otherwise."""
+    try:
+        response = client.put(path, json=body, headers={"If-Match": f'"{version}"'})
+    except httpx.HTTPError as e:
+        raise ApiError(f"cannot reach the monitor: {e}") from e
+    if response.status_code == 403:
+        raise ApiError(f"changing the {what} needs an admin token")
+    if response.status_code == 422:
+        detail = response.json().get("detail", [])
+        problems = [e.get("msg", str(e)) for e in detail] if isinstance(detail, list) else [detail]
+        raise ApiError(f"invalid {what}: " + "; ".join(map(str, problems)))
+    if response.status_code >= 400 and response.status_code != 412:
+        raise ApiError(f"PUT {what} answered {response.status_code}: {response.text[:300]}")
+    return response
 
 
 def get_thermostat(client: httpx.Client, run: str) -> dict[str, Any]:
@@ -151,24 +159,10 @@ def put_thermostat(
     reason: str,
 ) -> ThermostatResult:
     """Enable, disable or tune the thermostat, with If-Match as for the control."""
-    try:
-        response = client.put(
-            f"/v1/runs/{run}/thermostat",
-            json={"enabled": enabled, "settings": settings, "reason": reason},
-            headers={"If-Match": f'"{version}"'},
-        )
-    except httpx.HTTPError as e:
-        raise ApiError(f"cannot reach the monitor: {e}") from e
+    body = {"enabled": enabled, "settings": settings, "reason": reason}
+    response = _put_if_match(client, f"/v1/runs/{run}/thermostat", body, version, "thermostat")
     if response.status_code == 412:
         return ThermostatResult(False, response.json()["current"])
-    if response.status_code == 403:
-        raise ApiError("changing the thermostat needs an admin token")
-    if response.status_code == 422:
-        detail = response.json().get("detail", [])
-        problems = [e.get("msg", str(e)) for e in detail] if isinstance(detail, list) else [detail]
-        raise ApiError("invalid thermostat settings: " + "; ".join(map(str, problems)))
-    if response.status_code >= 400:
-        raise ApiError(f"PUT thermostat answered {response.status_code}: {response.text[:300]}")
     return ThermostatResult(True, response.json())
 
 

@@ -281,6 +281,26 @@ def panels() -> list[dict[str, Any]]:
             unit="none",
             description="Mean response length of the latest step, tokens.",
         ),
+        _row("GRPO group health"),
+        _panel(
+            ts,
+            "Zero-advantage shares",
+            [
+                _target(
+                    f"max by (run) (entmon_zero_advantage_sequence_share{{{RUN}}})",
+                    "{{run}} sequences",
+                ),
+                _target(
+                    f"max by (run) (entmon_zero_advantage_token_share{{{RUN}}})", "{{run}} tokens"
+                ),
+            ],
+            w=24,
+            unit="percentunit",
+            description="Sequences (and tokens) of the latest step whose advantage is zero: GRPO "
+            "groups whose answers all scored the same teach nothing. ZeroAdvantageSequences "
+            "fires above 80% for 15 minutes.",
+            thresholds=[("green", None), ("orange", 0.8)],
+        ),
         _row("Covariance"),
         _heatmap(
             "Token covariance distribution: $run",

@@ -166,6 +166,9 @@ class HistogramStep(_Wire):
     step: int
     counts: list[int]
     nonfinite: int
+    sums: list[float] | None = Field(
+        default=None, description="entropy_by_length: the entropy sum of each bucket's tokens"
+    )
 
 
 class HistogramSeries(_Wire):

@@ -1,8 +1,9 @@
 """Merging the reports of one step from several ranks (pure functions).
 
 Each statistic merges by its rule in `entmon.wire.stats` (counts add, cov_max takes the max,
-standard deviations pool, every other statistic is a mean weighted by the rank's token count;
-equal weights when a rank did not send `tokens`). NaN propagates: never hidden.
+standard deviations pool, every other statistic is a mean weighted by the rank's token count, or
+by the count its `weight` names (`sequences` for per-sequence means); equal weights when a rank
+did not send that count). NaN propagates: never hidden.
 
 A driver's report (rank DRIVER_RANK: verl's trainer) carries whole-step values, not a rank's
 share, so it takes no part in the weighting: `with_driver` lays it over the ranks' merge.
@@ -14,19 +15,25 @@ import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from entmon.wire.stats import COUNT_STATS, MAX_STATS, POOLED_STDS, pooled_std, weighted_mean
+from entmon.wire.numbers import from_wire
+from entmon.wire.stats import (
+    COUNT_STATS,
+    MAX_STATS,
+    POOLED_STDS,
+    WEIGHTS,
+    pooled_std,
+    weighted_mean,
+)
 
 
 def merge_stats(ranks: Sequence[Mapping[str, float | int | None]]) -> dict[str, float | int | None]:
     if len(ranks) == 1:  # the common single-process case: nothing to merge
         return dict(ranks[0])
-    weights = [_weight(r) for r in ranks]
     names = {k for r in ranks for k in r}
     merged: dict[str, float | int | None] = {}
     for name in sorted(names):
-        present = [
-            (r[name], w) for r, w in zip(ranks, weights, strict=True) if r.get(name) is not None
-        ]
+        weight = WEIGHTS.get(name, "tokens")
+        present = [(r[name], _weight(r, weight)) for r in ranks if r.get(name) is not None]
         values = [v for v, _ in present]
         if not present:
             merged[name] = None
@@ -35,6 +42,7 @@ def merge_stats(ranks: Sequence[Mapping[str, float | int | None]]) -> dict[str, 
         elif name in MAX_STATS:
             merged[name] = math.nan if any(_isnan(v) for v in values) else max(values)  # type: ignore[type-var]
         elif name in POOLED_STDS:
+            weights = [_weight(r) for r in ranks]
             merged[name] = _pooled_std(ranks, weights, name, POOLED_STDS[name])
         else:
             merged[name] = weighted_mean(present)
@@ -69,7 +77,8 @@ def with_driver(
 
 
 def merge_counts(histograms: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Add histograms of one layout; None when given none."""
+    """Add histograms of one layout (counts, nonfinite, and the per-bucket `sums` of
+    entropy_by_length); None when given none."""
     merged: dict[str, Any] | None = None
     for h in histograms:
         if merged is None:
@@ -78,17 +87,22 @@ def merge_counts(histograms: Iterable[Mapping[str, Any]]) -> dict[str, Any] | No
                 "counts": list(h["counts"]),
                 "nonfinite": h["nonfinite"],
             }
+            if "sums" in h:
+                merged["sums"] = [float(from_wire(x)) for x in h["sums"]]
             continue
         if h["layout"] != merged["layout"]:
             raise ValueError(f"cannot merge layouts {merged['layout']} and {h['layout']}")
         merged["counts"] = [a + b for a, b in zip(merged["counts"], h["counts"], strict=True)]
         merged["nonfinite"] += h["nonfinite"]
+        if "sums" in merged:
+            sums = [float(from_wire(x)) for x in h.get("sums", ())]
+            merged["sums"] = [a + b for a, b in zip(merged["sums"], sums, strict=True)]
     return merged
 
 
-def _weight(stats: Mapping[str, float | int | None]) -> float:
-    tokens = stats.get("tokens")
-    return float(tokens) if tokens else 1.0
+def _weight(stats: Mapping[str, float | int | None], count: str = "tokens") -> float:
+    weight = stats.get(count)
+    return float(weight) if weight else 1.0
 
 
 def _finite(value: Any) -> bool:

@@ -74,6 +74,11 @@ STEP_GAUGES = (
      "Mean |logp - old_logp| over the KL-Cov penalised tokens, latest step"),
     ("ppo_clip_fraction", "ppo_clip_frac", "PPO clip fraction, latest step"),
     ("response_length", "response_length", "Mean response length in tokens, latest step"),
+    ("zero_advantage_sequence_share", "zero_adv_sequence_share",
+     "Share of sequences whose tokens all have zero advantage (GRPO groups that all scored "
+     "the same: they teach nothing), latest step"),
+    ("zero_advantage_token_share", "zero_adv_token_share",
+     "Share of valid tokens with zero advantage, latest step"),
 )  # fmt: skip
 # Per-run counters kept in the run's meta hash: (metric name without _total, meta field, help).
 RUN_COUNTERS = (

@@ -21,7 +21,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from entmon.wire.ids import DRIVER_RANK
-from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, bucket_count
+from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT, LENGTH_LAYOUT, bucket_count
 from entmon.wire.numbers import NonFinite, wire_numbers
 from entmon.wire.stats import STAT_NAMES, STATS, Stat
 
@@ -33,12 +33,15 @@ MAX_REPORTS_PER_REQUEST = 1024
 MAX_STEP = 10**12
 MAX_RANKS = 1 << 20
 MAX_COUNT = 1 << 40
+MAX_ENTROPY_SUM = 1e15  # MAX_COUNT tokens of ln(262k vocabulary) nats is 1.4e13
 MAX_TIME = 1e11  # unix seconds; also keeps NaN out: reads take the max of a step's times
 
 Number = float | NonFinite
 Count = Annotated[int, Meta(ge=0, le=MAX_COUNT)]
 ENTROPY_BUCKETS = bucket_count(ENTROPY_LAYOUT)
 COVARIANCE_BUCKETS = bucket_count(COVARIANCE_LAYOUT)
+LENGTH_BUCKETS = bucket_count(LENGTH_LAYOUT)
+LengthCounts = Annotated[list[Count], Meta(min_length=LENGTH_BUCKETS, max_length=LENGTH_BUCKETS)]
 
 
 def _doc(text: str) -> Meta:
@@ -92,9 +95,36 @@ class CovarianceHistogram(_Histogram):
     nonfinite: Annotated[Count, _doc("NaN values, which belong to no bucket")] = 0
 
 
+class LengthHistogram(_Histogram):
+    """Sequences (rows with a valid token) per response length on layout length-v1
+    (entmon/wire/layouts.py)."""
+
+    counts: LengthCounts
+    layout: Literal["length-v1"] = "length-v1"
+    nonfinite: Annotated[Count, _doc("always 0: a length is finite")] = 0
+
+
+class EntropyByLength(_Histogram):
+    """Per response-length bucket (length-v1): the valid tokens of the sequences of that
+    length that came with an entropy, and the sum of their entropies, nats. sums / counts is
+    the bucket's mean token entropy; both add across micro-batches and ranks."""
+
+    counts: Annotated[LengthCounts, _doc("valid tokens")]
+    sums: Annotated[
+        list[Annotated[float, Meta(ge=-MAX_ENTROPY_SUM, le=MAX_ENTROPY_SUM)]],  # NaN: nonfinite
+        Meta(min_length=LENGTH_BUCKETS, max_length=LENGTH_BUCKETS, description="entropy sums"),
+    ]
+    layout: Literal["length-v1"] = "length-v1"
+    nonfinite: Annotated[
+        Count, _doc("sequences whose entropy sum is not finite, left out of counts and sums")
+    ] = 0
+
+
 class StepHistograms(_Wire):
     entropy: EntropyHistogram | None = None
     covariance: CovarianceHistogram | None = None
+    response_length: LengthHistogram | None = None
+    entropy_by_length: EntropyByLength | None = None
 
 
 class TopToken(_Wire):

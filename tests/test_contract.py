@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+from typing import get_args, get_type_hints
 
 import torch
 
 from client.report import build_report, finalize
 from entmon.wire.ids import DRIVER_RANK
+from entmon.wire.layouts import HISTOGRAM_LAYOUTS
 from entmon.wire.stats import STAT_NAMES
-from monitor.report_codec import StepStats, decode_reports
+from monitor.report_codec import StepHistograms, StepStats, decode_reports
+from monitor.routers.runs import HistogramName
 
 
 def test_the_services_report_schema_has_one_field_per_statistic_of_the_wire_table() -> None:
@@ -35,3 +38,12 @@ def test_a_drivers_report_validates_with_the_services_driver_rank() -> None:
     wire = json.dumps(finalize(build_report(3, DRIVER_RANK, 1, None, {"entropy": 0.5})))
     (report,) = decode_reports(wire.encode())
     assert (report.rank, report.control_version, report.stats.entropy) == (DRIVER_RANK, None, 0.5)
+
+
+def test_every_named_histogram_has_its_schema_and_its_api_name() -> None:
+    assert StepHistograms.__struct_fields__ == tuple(HISTOGRAM_LAYOUTS)
+    assert get_args(HistogramName) == tuple(HISTOGRAM_LAYOUTS)
+    hints = get_type_hints(StepHistograms)
+    for name, layout in HISTOGRAM_LAYOUTS.items():
+        schema = next(t for t in get_args(hints[name]) if t is not type(None))
+        assert get_args(get_type_hints(schema)["layout"]) == (layout,), name

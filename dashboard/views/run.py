@@ -8,13 +8,14 @@ from typing import Any, TypeVar
 
 import streamlit as st
 
-from dashboard import api, charts, session, thermostat, top_tokens, versions
+from dashboard import api, charts, group_health, session, thermostat, top_tokens, versions
 
 T = TypeVar("T")
 
 AUDIT_MARKED = 1000  # control changes read to tell the thermostat's from a person's
 # The statistics the run view draws: the API sends only these.
-CHARTED = ("entropy", "reward", "cov_mean", "detached", "penalised", "candidates")
+CHARTED = ("entropy", "reward", "cov_mean", "detached", "penalised", "candidates",
+           *group_health.STATS)  # fmt: skip
 
 
 def kpis(run: dict[str, Any], control: dict[str, Any], analysis: dict[str, Any] | None) -> None:
@@ -172,7 +173,9 @@ def render() -> None:
         right.caption(law_caption(analysis))
 
         tail = fetch_or_keep(name, "tail", lambda: (
-            {h: api.get_histograms(http, name, h) for h in ("covariance", "entropy")},
+            {h: api.get_histograms(http, name, h) for h in ("covariance", "entropy")}
+            # the latest step's (the first and the last step come back)
+            | {h: api.get_histograms(http, name, h, max_points=2) for h in group_health.HISTOGRAMS},
             api.get_top_tokens(http, name),
         ))  # fmt: skip
         if tail is None:
@@ -198,6 +201,14 @@ def render() -> None:
         left.plotly_chart(charts.interventions(steps), key="interventions-chart")
         right.plotly_chart(charts.theory(steps), key="theory-chart")
         right.caption(theory_caption(analysis))
+        st.subheader("GRPO group health")
+        left, right = st.columns(2)
+        left.plotly_chart(group_health.zero_advantage(steps), key="zero-advantage-chart")
+        right.plotly_chart(group_health.mean_length(steps), key="mean-length-chart")
+        left, right = st.columns(2)
+        lengths, by_length = (histograms[h] for h in group_health.HISTOGRAMS)
+        left.plotly_chart(group_health.length_histogram(lengths), key="length-histogram")
+        right.plotly_chart(group_health.entropy_by_length(by_length), key="entropy-by-length")
         st.subheader("Highest-covariance tokens (latest step)")
         if tokens:
             st.dataframe(top_tokens.rows(tokens), hide_index=True, key="top-tokens")

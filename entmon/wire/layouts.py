@@ -13,6 +13,10 @@ entropy-v1 (token entropy, nats): 63 geometric upper bounds 2**((k - 44) / 4), k
 cov-symlog-v1 (per-token covariance, signed, heavy-tailed): symmetric logarithmic bounds
     +-10**(e / 4) for e = -20..12 (1e-5 .. 1e3), four per decade, and a zero band
     (-1e-5, 1e-5]. 67 buckets.
+length-v1 (response length per sequence, tokens): the distinct integers floor(2**(k / 4)),
+    k = 0..72 (1, 2, 3, 4, 5, 6, 8, 9, 11, 13, 16, 19, 22, 26, 32, ... 262144): every length
+    up to 6, then four buckets per doubling; 67 bounds, 68 buckets. Lengths are integers, so
+    bucket i holds the lengths upper[i-1] + 1 .. upper[i].
 """
 
 from __future__ import annotations
@@ -21,20 +25,34 @@ import math
 
 ENTROPY_LAYOUT = "entropy-v1"
 COVARIANCE_LAYOUT = "cov-symlog-v1"
+LENGTH_LAYOUT = "length-v1"
 
 ENTROPY_UPPER: tuple[float, ...] = tuple(2.0 ** ((k - 44) / 4) for k in range(63))
 
 _COV_MAGNITUDES = tuple(10.0 ** (e / 4) for e in range(-20, 13))
 COVARIANCE_UPPER: tuple[float, ...] = tuple(-m for m in reversed(_COV_MAGNITUDES)) + _COV_MAGNITUDES
 
+LENGTH_UPPER: tuple[float, ...] = tuple(
+    sorted({float(math.floor(2 ** (k / 4))) for k in range(73)})
+)
+
 # layout name -> finite upper bounds; the bucket count is len(bounds) + 1 (the +Inf bucket).
 LAYOUTS: dict[str, tuple[float, ...]] = {
     ENTROPY_LAYOUT: ENTROPY_UPPER,
     COVARIANCE_LAYOUT: COVARIANCE_UPPER,
+    LENGTH_LAYOUT: LENGTH_UPPER,
 }
 
 # Which layout each named histogram of a step report must use.
-HISTOGRAM_LAYOUTS: dict[str, str] = {"entropy": ENTROPY_LAYOUT, "covariance": COVARIANCE_LAYOUT}
+# response_length counts sequences; entropy_by_length counts the tokens of those sequences that
+# came with an entropy and carries their entropy's sum per bucket (`sums`): the mean token
+# entropy of each response length.
+HISTOGRAM_LAYOUTS: dict[str, str] = {
+    "entropy": ENTROPY_LAYOUT,
+    "covariance": COVARIANCE_LAYOUT,
+    "response_length": LENGTH_LAYOUT,
+    "entropy_by_length": LENGTH_LAYOUT,
+}
 
 
 def bucket_count(layout: str) -> int:

@@ -6,7 +6,8 @@ One table: the client names what it computes from it, the service decodes report
 
 Merge rules: `sum` adds (counts); `max` takes the largest (NaN if any is NaN); `pooled_std`
 pools a standard deviation around its mean (within plus between parts); `mean` weights by the
-part's token count. NaN propagates: a diverged rank makes the merged value NaN, never hidden.
+part's token count, or by the count statistic named in `weight` (a per-sequence mean weights by
+`sequences`). NaN propagates: a diverged rank makes the merged value NaN, never hidden.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Stat:
     merge: Merge = "mean"
     integer: bool = False  # a count: an integer on the wire
     around: str | None = None  # pooled_std: the mean it is pooled around
+    weight: str = "tokens"  # mean: the count statistic each part is weighted by
     help: str = ""
 
 
@@ -52,7 +54,27 @@ STATS: tuple[Stat, ...] = (
     Stat(name="ppo_clip_frac", help="fraction of tokens where the PPO clip binds"),
     Stat(name="policy_loss", help="the policy loss"),
     Stat(name="reward", help="mean reward or accuracy: the R of the law"),
-    Stat(name="response_length", help="mean response length in tokens"),
+    Stat(
+        name="response_length",
+        weight="sequences",
+        help="mean response length in tokens (valid tokens per sequence)",
+    ),
+    Stat(
+        name="sequences",
+        merge="sum",
+        integer=True,
+        help="sequences (rows of the response mask) with at least one valid token",
+    ),
+    Stat(
+        name="zero_adv_token_share",
+        help="share of valid tokens whose advantage is zero (|A| <= 1e-6): they teach nothing",
+    ),
+    Stat(
+        name="zero_adv_sequence_share",
+        weight="sequences",
+        help="share of sequences whose valid tokens all have zero advantage (GRPO groups "
+        "whose answers all scored the same)",
+    ),
     Stat(name="client_drops", merge="sum", integer=True, help="reports the client had to drop"),
 )
 
@@ -62,6 +84,11 @@ MAX_STATS: tuple[str, ...] = tuple(s.name for s in STATS if s.merge == "max")
 INTEGER_STATS: frozenset[str] = frozenset(s.name for s in STATS if s.integer)
 # std statistic -> the mean it is pooled around
 POOLED_STDS: dict[str, str] = {s.name: s.around for s in STATS if s.around is not None}
+# mean statistic -> the count statistic its parts are weighted by
+WEIGHTS: dict[str, str] = {s.name: s.weight for s in STATS if s.merge == "mean"}
+# |advantage| at or below this is zero: GRPO's (r - mean) / (std + eps) of a group that scored
+# alike is exactly 0 for 0/1 rewards and ~1e-10 for others (the mean's rounding over eps)
+ZERO_ADVANTAGE = 1e-6
 
 
 def weighted_mean(parts: Iterable[tuple[Any, float]]) -> float:

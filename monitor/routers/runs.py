@@ -23,6 +23,8 @@ from monitor.store import RunRead
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=COMMON_RESPONSES | NOT_FOUND)
 _STAT = "|".join(STAT_NAMES)
 STATS_PATTERN = f"^({_STAT})(,({_STAT}))*$"  # in the schema, so clients see the valid names
+# The names of entmon.wire.layouts.HISTOGRAM_LAYOUTS (tests/test_contract.py checks)
+HistogramName = Literal["entropy", "covariance", "response_length", "entropy_by_length"]
 
 
 def _summary(read: RunRead) -> RunSummary:
@@ -93,7 +95,7 @@ async def get_histograms(
     run: ExistingRun,
     store: StoreDep,
     _: Ingest,
-    name: Annotated[Literal["entropy", "covariance"], Query(description="which histogram")],
+    name: Annotated[HistogramName, Query(description="which histogram")],
     start: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
     end: Annotated[int | None, Query(ge=0, le=MAX_STEP)] = None,
     every: Annotated[int | None, Query(ge=1, le=MAX_STEP)] = None,
@@ -110,7 +112,8 @@ async def get_histograms(
         layout=layout,
         upper_bounds=list(LAYOUTS[layout]),
         steps=[
-            HistogramStep(step=s, counts=h["counts"], nonfinite=h["nonfinite"]) for s, h in rows
+            HistogramStep(step=s, counts=h["counts"], nonfinite=h["nonfinite"], sums=h.get("sums"))
+            for s, h in rows
         ],
     )
 

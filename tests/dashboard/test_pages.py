@@ -212,3 +212,18 @@ def test_unreachable_monitor_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     app.run()
     assert not app.exception
     assert "cannot reach the monitor" in app.error[0].value
+
+
+def test_run_view_draws_the_group_health(streamed: ServerProcess) -> None:
+    app = page("run")
+    app.query_params["run"] = "alpha"
+    app.run()
+    assert not app.exception
+    shares = figure(app, "zero-advantage-chart")["data"]
+    assert [t["name"] for t in shares] == ["sequences", "tokens"]  # type: ignore[index]
+    assert shares[0]["y"][-1] == pytest.approx((STEPS - 1) / STEPS)  # type: ignore[index]
+    assert len(figure(app, "mean-length-chart")["data"][0]["x"]) == STEPS  # type: ignore[index]
+    (lengths,) = figure(app, "length-histogram")["data"]  # type: ignore[misc]
+    assert sum(lengths["y"]) == 128  # the latest step's 64 sequences of each rank
+    (by_length,) = figure(app, "entropy-by-length")["data"]  # type: ignore[misc]
+    assert by_length["y"] == pytest.approx([2.0, 0.5])  # short responses, then long ones

@@ -34,6 +34,7 @@ REQUIRED_ALERTS = {
     "ClientDroppingReports",
     "RewardNearCeiling",
     "ThermostatSaturated",
+    "ZeroAdvantageSequences",
     "ThermostatPausedByFault",
     "MonitorDown",
     "ReportsRejected",

@@ -9,6 +9,7 @@ import statistics
 import pytest
 
 from entmon.wire.knobs import DEFAULTS, KNOBS, control_errors
+from entmon.wire.layouts import LAYOUTS, LENGTH_LAYOUT, bucket_index
 from entmon.wire.numbers import from_wire, to_wire, wire_numbers
 from entmon.wire.stats import STATS, pooled_std, weighted_mean
 
@@ -58,3 +59,19 @@ def test_every_statistic_has_one_merge_rule_and_pooled_stds_name_their_mean() ->
     assert len(names) == len(STATS)
     assert all(s.around in names for s in STATS if s.merge == "pooled_std")
     assert all(s.integer == (s.merge == "sum") for s in STATS)
+
+
+def test_a_mean_is_weighted_by_a_count_statistic() -> None:
+    counts = {s.name for s in STATS if s.merge == "sum"}
+    assert all(s.weight in counts for s in STATS if s.merge == "mean")
+    assert {s.name for s in STATS if s.weight == "sequences"} == {
+        "response_length",
+        "zero_adv_sequence_share",
+    }
+
+
+def test_length_buckets_are_the_integers_of_four_per_doubling() -> None:
+    bounds = LAYOUTS[LENGTH_LAYOUT]
+    assert bounds[:8] == (1, 2, 3, 4, 5, 6, 8, 9) and bounds[-1] == 2**18
+    assert all(b == int(b) for b in bounds) and list(bounds) == sorted(set(bounds))
+    assert bucket_index(LENGTH_LAYOUT, 7) == bucket_index(LENGTH_LAYOUT, 8) == 6
