@@ -1,6 +1,8 @@
-"""The entropy thermostat against its anchors on the CPU toy (issue #21).
+"""The entropy thermostat against its anchors on a CPU testbed (issue #21).
 
-Each method trains entmon/demo/toy.py offline (no server, as bench/reproduce.py does) and,
+Each method trains a testbed (entmon/demo/testbeds.py: `--testbed toy`, entmon/demo/toy.py, the
+default; `--testbed lm`, the pretrained tiny LM of entmon/demo/testbed/) offline (no server, as
+bench/reproduce.py does) and,
 for the controllers, decides once per step on that step's entropy; a decision computed after
 step k is applied from step k + 2 on (the service round trip: the client learns the new control
 from the ingest response of step k + 1 and applies it at the next boundary), and a controller
@@ -8,8 +10,8 @@ that respects "no stacking" (ours) decides only on steps that ran the latest ver
 
 Methods (all on plain GRPO's loss unless said):
 - vanilla: plain GRPO.
-- fixed: the best fixed Clip-Cov / KL-Cov setting of the reproduction (docs/reproduce.json,
-  highest mean reward over the last 50 steps).
+- fixed: the best fixed Clip-Cov / KL-Cov setting of the testbed's reproduction
+  (docs/reproduce.json, docs/reproduce-lm.json: highest mean reward over the last 50 steps).
 - skywork: Skywork-OR1's adaptive entropy control on the entropy bonus: c <- clip(c + delta if
   H < target else c - delta, 0, c_max), delta 1e-4, c_max 5e-3, c starting at 0.
 - entropic: EntroPIC's PI law alpha = clip(Kp e + Ki sum e, -1, 1) (e = target - H in nats,
@@ -17,14 +19,16 @@ Methods (all on plain GRPO's loss unless said):
   knob, so alpha drives the same actuator as ours: entropy_coeff = alpha * ENTROPIC_SCALE
   (negative alpha: an entropy penalty, the sign-symmetric counterpart of its lever).
 - thermostat: monitor/thermostat/law.py on entropy_coeff.
-The entropy bonus goes through client/entropy_bonus.py: the toy's entropy carries no gradient,
-so it is the score-function surrogate.
+The entropy bonus goes through client/entropy_bonus.py: neither testbed's entropy carries a
+gradient, so it is the score-function surrogate.
 
 Targets: "schedule" (default, linear from 0.8 to 0.1 x start entropy over the run) and
 "constant" (0.8 x start, set before the collapse, judged from step 50 on).
 
     python bench/thermostat.py                       # 5 methods x 3 seeds x 300 steps, 2 targets
     python bench/thermostat.py --steps 60 --seeds 0 --methods thermostat --jobs 1
+    python bench/thermostat.py --testbed lm --from-reproduction --methods vanilla fixed \
+        thermostat --targets schedule             # the LM: docs/thermostat-lm.json and .png
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.reproduce import control_for
 from client import Control, policy_loss, token_covariance
 from client.entropy_bonus import entropy_bonus
-from entmon.demo.toy import ToyConfig, train
+from entmon.demo import testbeds
+from entmon.demo.toy import ToyConfig
 from monitor.analysis.collapse import collapse
 from monitor.api_models import StepPoint
 from monitor.thermostat import Settings, State, StepInput, Target, decide
@@ -221,9 +227,18 @@ def exploding_at(rows: list[dict[str, float]]) -> bool:
     return collapse(points).state == "exploding"
 
 
-def best_fixed() -> str:
-    """The reproduction's fixed method with the highest mean final reward."""
-    path = ROOT / "docs" / "reproduce.json"
+def stem(testbed: str) -> str:
+    """File names' stem in docs/: the toy's keep theirs, another testbed's carry its name."""
+    return "" if testbed == testbeds.DEFAULT else f"-{testbed}"
+
+
+def reproduction_path(testbed: str) -> Path:
+    return ROOT / "docs" / f"reproduce{stem(testbed)}.json"
+
+
+def best_fixed(testbed: str = testbeds.DEFAULT) -> str:
+    """The testbed's reproduction's fixed method with the highest mean final reward."""
+    path = reproduction_path(testbed)
     try:
         methods = json.loads(path.read_text())["summary"]["methods"]
         fixed = {str(m): s["final_reward"][0] for m, s in methods.items() if m != "vanilla"}
@@ -232,14 +247,19 @@ def best_fixed() -> str:
         return "clip_cov"
 
 
-def run_one(job: tuple[str, str, int, int, dict[str, Any]]) -> dict[str, Any]:
-    method, mode, seed, steps, law_overrides = job
+Job = tuple[str, str, int, int, dict[str, Any], str, dict[str, Any]]
+"""(method, target mode, seed, steps, thermostat overrides, testbed, testbed config overrides)"""
+
+
+def run_one(job: Job) -> dict[str, Any]:
+    method, mode, seed, steps, law_overrides, testbed, cfg_overrides = job
     torch.set_num_threads(1)
+    bed = testbeds.load(testbed)
     target = target_for(mode, steps)
     controller: Controller | None = None
-    control = control_for("vanilla")
+    control = control_for("vanilla", testbed)
     if method == "fixed":
-        control = control_for(best_fixed())
+        control = control_for(best_fixed(testbed), testbed)
     elif method == "skywork":
         controller = Skywork(target)
     elif method == "entropic":
@@ -251,7 +271,7 @@ def run_one(job: tuple[str, str, int, int, dict[str, Any]]) -> dict[str, Any]:
         controller = Thermostat(settings)
     mon = BenchMonitor(control, controller)
     t0 = time.perf_counter()
-    records = train(ToyConfig(seed=seed, steps=steps), mon)
+    records = bed.train(bed.config(seed=seed, steps=steps, **cfg_overrides), mon)
     return {
         "method": method,
         "target_mode": mode,
@@ -267,10 +287,17 @@ def run_one(job: tuple[str, str, int, int, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def from_reproduction(seeds: list[int], steps: int) -> list[dict[str, Any]]:
-    """vanilla and the best fixed method's runs from docs/reproduce.json, in this file's form."""
-    saved = json.loads((ROOT / "docs" / "reproduce.json").read_text())
-    fixed = best_fixed()
+def from_reproduction(
+    seeds: list[int], steps: int, testbed: str = testbeds.DEFAULT,
+    cfg_overrides: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """vanilla and the best fixed method's runs from the testbed's reproduction, in this file's
+    form. Refuses (SystemExit naming the difference) unless the reproduction trained the same
+    config, knobs and seeds for at least `steps` steps: only then are they the same runs."""
+    path = reproduction_path(testbed)
+    saved = json.loads(path.read_text())
+    _check_same_training(saved, path, seeds, steps, testbed, cfg_overrides or {})
+    fixed = best_fixed(testbed)
     out = []
     for r in saved["runs"]:
         if r["method"] not in ("vanilla", fixed) or r["seed"] not in seeds:
@@ -281,10 +308,39 @@ def from_reproduction(seeds: list[int], steps: int) -> list[dict[str, Any]]:
             "method": "vanilla" if r["method"] == "vanilla" else "fixed",
             "target_mode": "none", "seed": r["seed"], "seconds": r["seconds"],
             "entropy": H, "reward": r["reward"][:steps], "coeff": [0.0] * len(H),
-            "cov_mean": [], "changes": 0, "reasons": [], "from": "docs/reproduce.json",
+            "cov_mean": [], "changes": 0, "reasons": [], "from": f"docs/{path.name}",
             "exploding": [exploding_at(rows[: k + 1]) for k in range(len(H))],
         })  # fmt: skip
     return out
+
+
+def _check_same_training(
+    saved: dict[str, Any], path: Path, seeds: list[int], steps: int, testbed: str,
+    cfg_overrides: dict[str, Any],
+) -> None:  # fmt: skip
+    bed = testbeds.load(testbed)
+    problems = []
+    if saved.get("testbed", testbeds.DEFAULT) != testbed:
+        problems.append(f"testbed {saved.get('testbed')!r}, not {testbed!r}")
+    if saved.get("overrides"):
+        problems.append(f"overrides {saved['overrides']}")
+    have = saved.get("config", {})
+    if have.get("steps", 0) < steps:
+        problems.append(f"{have.get('steps')} steps, fewer than {steps}")
+    missing = sorted(set(seeds) - {r["seed"] for r in saved["runs"]})
+    if missing:
+        problems.append(f"no runs of seeds {missing}")
+    ours = json.loads(json.dumps(asdict(bed.config(**cfg_overrides)), default=str))
+    for key, value in ours.items():
+        if key not in ("seed", "steps") and key in have and have[key] != value:
+            problems.append(f"config {key} {have[key]!r}, not {value!r}")
+    for method, knobs in saved.get("knobs", {}).items():  # knobs added since default to off
+        now = control_for(method, testbed).knobs()
+        problems += [f"{method}'s {k} {v!r}, not {now.get(k)!r}" for k, v in knobs.items()
+                     if now.get(k) != v]  # fmt: skip
+    if problems:
+        raise SystemExit(f"--from-reproduction: {path} is not this training: "
+                         + "; ".join(problems))  # fmt: skip
 
 
 def metrics(run: dict[str, Any], mode: str) -> dict[str, Any]:
@@ -438,8 +494,10 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
-    for row, mode in enumerate(TARGETS):
+    # a row per target some controller tracked (all of them when none did)
+    modes = [t for t in TARGETS if any(r["target_mode"] == t for r in runs)] or list(TARGETS)
+    fig, axes = plt.subplots(len(modes), 3, figsize=(16, 4 * len(modes)), squeeze=False)
+    for row, mode in enumerate(modes):
         ax_h, ax_r, ax_c = axes[row]
         for m in METHODS:
             rs = [r for r in runs if r["method"] == m and r["target_mode"] in (mode, "none")]
@@ -480,6 +538,12 @@ def _number(text: str) -> float | int:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--testbed", choices=testbeds.NAMES, default=testbeds.DEFAULT,
+                        help="toy: codes cracked from scratch; lm: a tiny LM pretrained on "
+                        "noisy arithmetic traces (entmon/demo/testbeds.py); writes "
+                        "thermostat.json/.png, thermostat-lm.json/.png for lm")  # fmt: skip
+    parser.add_argument("--config", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="override a ToyConfig/LMConfig field (tests)")  # fmt: skip
     parser.add_argument("--steps", type=int, default=ToyConfig.steps)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="*", choices=METHODS, default=list(METHODS))
@@ -493,14 +557,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="also take the runs of these thermostat.json files (those not run "
                         "now): a benchmark assembled from runs made separately")  # fmt: skip
     parser.add_argument("--from-reproduction", action="store_true",
-                        help="take vanilla and fixed from docs/reproduce.json (same toy, seeds "
-                        "and steps; no bonus: the same training) instead of running")  # fmt: skip
+                        help="take vanilla and fixed from the testbed's reproduction "
+                        "(docs/reproduce.json, docs/reproduce-lm.json; checked to be the same "
+                        "config, knobs, seeds and steps; no bonus: the same training) instead "
+                        "of running")  # fmt: skip
     args = parser.parse_args(argv)
+    json_path = args.out / f"thermostat{stem(args.testbed)}.json"
+    png_path = json_path.with_suffix(".png")
     if args.replot:
-        saved: dict[str, Any] = json.loads((args.out / "thermostat.json").read_text())
-        plot(saved["runs"], args.out / "thermostat.png")
+        saved: dict[str, Any] = json.loads(json_path.read_text())
+        plot(saved["runs"], png_path)
         return saved
     overrides = {k: _number(v) for k, v in (item.split("=", 1) for item in args.set)}
+    cfg_overrides = {k: _number(v) for k, v in (item.split("=", 1) for item in args.config)}
+    bed = testbeds.load(args.testbed)
+    cfg = bed.config(steps=args.steps, **cfg_overrides)
     merged: list[dict[str, Any]] = []  # runs made earlier (--merge): not run again
     for path in args.merge:
         text = path.read_text()
@@ -512,11 +583,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.from_reproduction and m in ("vanilla", "fixed"):
             continue
         modes = args.targets if m in TARGETED else ["none"]
-        jobs += [(m, mode, s, args.steps, overrides) for mode in modes for s in args.seeds
-                 if (m, mode, s) not in have]  # fmt: skip
+        jobs += [(m, mode, s, args.steps, overrides, args.testbed, cfg_overrides)
+                 for mode in modes for s in args.seeds if (m, mode, s) not in have]  # fmt: skip
+    reused = []  # checked before any run starts
+    if args.from_reproduction:
+        reused = from_reproduction(args.seeds, args.steps, args.testbed, cfg_overrides)
     t0 = time.perf_counter()
+    if jobs:
+        bed.prepare(cfg)  # once, before parallel runs would each pretrain the same model
     args.out.mkdir(parents=True, exist_ok=True)
-    partial = args.out / "thermostat-runs.jsonl"  # each run as it ends: --merge takes it too
+    partial = json_path.with_name(f"{json_path.stem}-runs.jsonl")  # each run as it ends (--merge)
     partial.write_text("")
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
@@ -529,26 +605,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{run['seconds']:.0f} s", flush=True)  # fmt: skip
     else:
         runs = [run_one(j) for j in jobs]
-    if args.from_reproduction:
-        runs += [
-            r for r in from_reproduction(args.seeds, args.steps) if r["method"] in args.methods
-        ]
+    runs += [r for r in reused if r["method"] in args.methods]
     runs += [r for r in merged if r["method"] in args.methods]
     runs.sort(key=lambda r: (METHODS.index(r["method"]), r["target_mode"], r["seed"]))
     summary = summarise(runs)
-    text = report(summary)
+    text = f"{bed.describe(cfg)}; best fixed: {best_fixed(args.testbed)}\n\n" + report(summary)
     if overrides:
         text += f"\noverrides: {overrides}"
     print(text)
     print(f"total {time.perf_counter() - t0:.0f} s with {args.jobs} parallel runs")
     result = {
+        "testbed": args.testbed,
         "config": {
+            "testbed": bed.describe(cfg),
+            "testbed_config": json.loads(json.dumps(asdict(cfg), default=str)),
             "steps": args.steps,
             "seeds": args.seeds,
             "delay": DELAY,
             "schedule": SCHEDULE,
             "constant": CONSTANT,
-            "fixed": best_fixed(),
+            "fixed": best_fixed(args.testbed),
             "thermostat": thermostat_settings(
                 target_for("schedule", args.steps), **overrides
             ).to_dict(),
@@ -557,10 +633,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "report": text,
         "runs": runs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "thermostat.json").write_text(json.dumps(_rounded(result)))
-    plot(runs, args.out / "thermostat.png")
-    print(f"wrote {args.out / 'thermostat.json'} and {args.out / 'thermostat.png'}")
+    json_path.write_text(json.dumps(_rounded(result)))
+    plot(runs, png_path)
+    print(f"wrote {json_path} and {png_path}")
     return result
 
 

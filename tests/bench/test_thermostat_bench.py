@@ -60,3 +60,50 @@ def test_metrics_count_sign_changes_and_tracking_after_the_target_is_reached() -
     assert m["sign_changes"] == 27  # 28 blocks of 10 steps from step 20
     assert m["sign_changes_5pct"] == 0  # all inside +-5%
     assert m["reward_last50"] == 0.5
+
+
+@pytest.mark.timeout(900)
+def test_the_lm_testbed_runs_the_thermostat_bench_into_its_own_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from entmon.demo.testbed.model import TraceLM
+    from entmon.demo.testbed.pretrain import PretrainConfig
+
+    # a fresh model stands in for the cached pretrained one: the test skips the pretraining
+    cfg = PretrainConfig()
+    monkeypatch.setenv("ENTMON_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    torch.save(TraceLM(cfg.model).state_dict(), tmp_path / "cache" / f"testbed-lm-{cfg.key()}.pt")
+    result = thermostat.main(
+        ["--testbed", "lm", "--steps", "3", "--seeds", "0", "--jobs", "1", "--out", str(tmp_path),
+         "--methods", "fixed", "thermostat", "--targets", "schedule",
+         "--config", "pool=8", "prompts_per_step=4"]
+    )  # fmt: skip
+    assert result["testbed"] == "lm"
+    assert result["config"]["fixed"] == "clip_cov"  # docs/reproduce-lm.json's best
+    assert result["config"]["testbed_config"]["pool"] == 8
+    assert [(r["method"], len(r["entropy"])) for r in result["runs"]] == [
+        ("fixed", 3), ("thermostat", 3)
+    ]  # fmt: skip
+    assert all(math.isfinite(h) for r in result["runs"] for h in r["entropy"])
+    assert result["report"].startswith("lm: 2-layer d=64 transformer")
+    assert (tmp_path / "thermostat-lm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "thermostat-lm.json").read_text())["testbed"] == "lm"
+    assert not (tmp_path / "thermostat.json").exists()  # the toy's files are left alone
+
+
+def test_runs_reused_from_the_reproduction_must_be_the_same_training() -> None:
+    # docs/reproduce-lm.json trained 256 prompts; a run on 8 is another training
+    with pytest.raises(SystemExit, match=r"reproduce-lm\.json is not this training: config pool"):
+        thermostat.from_reproduction([0], 3, "lm", {"pool": 8})
+    with pytest.raises(SystemExit, match="no runs of seeds \\[7\\]"):
+        thermostat.from_reproduction([0, 7], 3, "lm")
+    with pytest.raises(SystemExit, match="300 steps, fewer than 301"):
+        thermostat.from_reproduction([0], 301, "lm")
+    runs = thermostat.from_reproduction([0, 1, 2], 300, "lm")
+    assert sorted((r["method"], r["seed"]) for r in runs) == [
+        ("fixed", 0), ("fixed", 1), ("fixed", 2), ("vanilla", 0), ("vanilla", 1), ("vanilla", 2)
+    ]  # fmt: skip
+    assert {r["from"] for r in runs} == {"docs/reproduce-lm.json"}
