@@ -39,9 +39,9 @@ def kpis(run: dict[str, Any], control: dict[str, Any], analysis: dict[str, Any] 
         cols[3].metric("Predicted ceiling", "-", help=law.get("note") if law else None)
     elif law.get("holds"):
         cols[3].metric("Predicted ceiling", f"{ceiling:.3f}", help=law.get("verdict"))
-    else:  # shown, but not as a prediction: the user acts on this number
+    else:  # shown, but not as a prediction (a short label: a long one is cut in the tile)
         cols[3].metric(
-            "Ceiling (law does not hold)", f"{ceiling:.3f}", "no prediction",
+            "Ceiling", f"{ceiling:.3f}", "law does not hold: no prediction",
             delta_color="off", help=law.get("verdict"),
         )  # fmt: skip
     applied = latest.get("control_version")
