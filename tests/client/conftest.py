@@ -6,7 +6,9 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +24,22 @@ from tests.conftest import ServerProcess
 FAST = ReporterConfig(
     flush_interval_s=0.02, retry_base_s=0.05, retry_max_s=0.25, poll_interval_s=0.2
 )
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy")
+
+
+@contextmanager
+def host_reads_forbidden(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Inside, any read of a tensor's value on the host (a host-device sync on CUDA) raises."""
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("host-device synchronisation")
+
+    with monkeypatch.context() as m:
+        for name in HOST_READS:
+            m.setattr(torch.Tensor, name, forbidden)
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ from entmon.wire.layouts import LAYOUTS, LENGTH_LAYOUT, bucket_count, bucket_ind
 from entmon.wire.stats import ZERO_ADVANTAGE
 from monitor.merge import merge_counts, merge_stats
 from monitor.report_codec import report_from_python
-from tests.client.conftest import FAST, stored_steps
+from tests.client.conftest import FAST, host_reads_forbidden, stored_steps
 from tests.conftest import ServerProcess
 
 K = bucket_count(LENGTH_LAYOUT)
@@ -181,12 +181,7 @@ def test_group_health_never_reads_the_device(monkeypatch: pytest.MonkeyPatch) ->
     batch = grpo_batch(5)
     acc = StepAccumulator()
 
-    def forbidden(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("host-device synchronisation")
-
-    with monkeypatch.context() as m:
-        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"):
-            m.setattr(torch.Tensor, name, forbidden)
+    with host_reads_forbidden(monkeypatch):
         for lo, hi in ((0, 10), (10, 24)):
             b = rows(batch, lo, hi)
             acc.add(

@@ -14,6 +14,7 @@ from client.stats import StepAccumulator, WorkBuffers
 from entmon.wire.layouts import COVARIANCE_LAYOUT, ENTROPY_LAYOUT
 from entmon.wire.stats import STAT_NAMES
 from monitor.report_codec import report_from_python
+from tests.client.conftest import host_reads_forbidden
 
 
 def make(seed: int, B: int = 8, T: int = 100) -> dict[str, torch.Tensor]:
@@ -210,12 +211,7 @@ def test_loss_add_and_pack_never_read_the_device(
     control = Control(loss_mode=mode, clip_cov_lb=0.1)
     acc = StepAccumulator()
 
-    def forbidden(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("host-device synchronisation")
-
-    with monkeypatch.context() as m:
-        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy"):
-            m.setattr(torch.Tensor, name, forbidden)
+    with host_reads_forbidden(monkeypatch):
         for b in parts(batch, 2):
             lp, old, adv, mask = (
                 b[k] for k in ("log_prob", "old_log_prob", "advantages", "response_mask")
