@@ -28,6 +28,7 @@ from client.log_once import LogOnce
 
 CONTROL_BYTES = 1024  # broadcast buffer: 8-byte length, then the control as JSON
 LENGTH_BYTES = 8
+APPLIED_LOG_EVERY_S = 60.0  # a thermostat may change the control every step: not a line each
 
 
 def encode_control(control: Control) -> torch.Tensor:
@@ -114,8 +115,9 @@ class ControlSync:
 
     def _apply(self, control: Control, step: int) -> None:
         if control != self.current:
-            self._log_once(
-                f"applied:{control.version}",
+            self._log_once.at_most_every(
+                "applied",
+                APPLIED_LOG_EVERY_S,
                 f"control version {control.version} applies from step {step + 1}: "
                 f"{control.knobs()}",
                 logging.INFO,

@@ -54,6 +54,28 @@ def test_a_new_control_waits_for_the_step_boundary() -> None:
     assert sync.at_step_boundary(5) == Control.from_wire(GOOD)
 
 
+def test_applied_versions_log_one_info_line_a_minute_and_the_rest_at_debug(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thermostat changes the control every step: the training log gets one line a minute."""
+    clock = [1000.0]
+    monkeypatch.setattr("client.log_once.time.monotonic", lambda: clock[0])
+    sync = ControlSync(distributed=False, log_once=LogOnce(enabled=True))
+    with caplog.at_level(logging.DEBUG, logger="client"):
+        for step, elapsed in enumerate([0.0, 1.0, 1.0, 59.0, 1.0]):  # each a new version
+            clock[0] += elapsed
+            sync.offer({**GOOD, "version": 10 + step, "kl_cov_ratio": 0.01 + step / 100})
+            sync.at_step_boundary(step)
+    levels = [(r.levelno, r.getMessage().split(" applies")[0]) for r in caplog.records]
+    assert levels == [
+        (logging.INFO, "entmon: control version 10"),
+        (logging.DEBUG, "entmon: control version 11"),
+        (logging.DEBUG, "entmon: control version 12"),
+        (logging.INFO, "entmon: control version 13"),  # 61 s after the last loud one
+        (logging.DEBUG, "entmon: control version 14"),
+    ]
+
+
 def test_the_broadcast_encoding_round_trips() -> None:
     control = Control.from_wire(GOOD)
     assert decode_control(encode_control(control)) == control
