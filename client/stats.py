@@ -222,7 +222,7 @@ class StepAccumulator:
             counts["ent_tokens"] = c.n
             self._entropy_numel += N
             values["ent_sum"] = ent.sum()
-            entropy_rows = ent.view(lengths.shape[0], -1).sum(dim=-1)  # B
+            entropy_rows = ent.view(batch.keep.shape).sum(dim=-1)  # B (no -1: B or T may be 0)
             joint = bucket_counts_joint(
                 ent, ENTROPY_LAYOUT, cov, COVARIANCE_LAYOUT, scratch=scratch
             )
@@ -261,7 +261,7 @@ class StepAccumulator:
         T = batch.keep.shape[1]
         buffer = self._scratch(2, adv.numel()) if adv.dtype == torch.float32 else None
         zero = torch.abs(adv, out=buffer) if buffer is not None else adv.float().abs_()
-        per_row = zero.le_(ZERO_ADVANTAGE).view(-1, T).sum(dim=-1)  # B: zero positions
+        per_row = zero.le_(ZERO_ADVANTAGE).view(batch.keep.shape).sum(dim=-1)  # B: zero positions
         all_zero = (per_row == T).float()
         zero_tokens = per_row.add_(lengths).sub_(T)  # its valid ones
         parts = [torch.ones_like(lengths), all_zero, zero_tokens]  # float32: exact integers

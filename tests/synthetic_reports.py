@@ -61,6 +61,9 @@ def report(
             "policy_loss": 0.1,
             "reward": -LAW_A * math.exp(h) + LAW_B,
             "response_length": 300.0 + step,
+            "sequences": 4,
+            "zero_adv_token_share": 0.25,  # one GRPO group of four scored alike
+            "zero_adv_sequence_share": 0.25,
             "client_drops": client_drops,
         },
         "user": {"lr": 1e-6},

@@ -65,7 +65,7 @@ def choose(page: Page, label: str, option: str) -> None:
         page.get_by_label(label).click()
         choice = page.get_by_role("option", name=option)
         try:
-            choice.wait_for(timeout=5_000)
+            choice.wait_for(timeout=15_000)
         except PlaywrightTimeout:
             page.keyboard.press("Escape")
             continue
