@@ -139,6 +139,7 @@ def run_one(job: tuple[str, int, int, dict[str, Any], str]) -> dict[str, Any]:
         "seconds_per_step": seconds / steps,
         "entropy": [r.entropy for r in records],
         "reward": [r.reward for r in records],
+        "expected_reward": [r.extra.get("expected_reward") for r in records],
         "detached": [int(s.get("detached", 0)) for s in mon.steps],
         "penalised": [int(s.get("penalised", 0)) for s in mon.steps],
         "candidates": [int(s.get("candidates", 0)) for s in mon.steps],
@@ -187,21 +188,39 @@ def summarise_run(run: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def _points(run: dict[str, Any]) -> list[StepPoint]:
+def _points(run: dict[str, Any], key: str = "reward") -> list[StepPoint]:
+    """The run's (entropy, reward) steps; key "expected_reward" takes the LM testbed's exact
+    expected reward, present every `eval_every` steps (NaN elsewhere: the law skips those steps,
+    and the early fit still ends at the 36th step, not the 36th reward)."""
     return [
-        StepPoint(step=i, ranks=1, stats={"entropy": h, "reward": r})
-        for i, (h, r) in enumerate(zip(run["entropy"], run["reward"], strict=True))
+        StepPoint(step=i, ranks=1, stats={"entropy": h, "reward": math.nan if r is None else r})
+        for i, (h, r) in enumerate(zip(run["entropy"], run[key], strict=True))
     ]
 
 
-def law(run: dict[str, Any], smooth: int) -> dict[str, Any]:
-    fit = fit_law(_points(run), smooth=smooth)
+def _every(run: dict[str, Any]) -> int:
+    steps = [i for i, r in enumerate(run["expected_reward"]) if r is not None]
+    return steps[1] - steps[0] if len(steps) > 1 else 1
+
+
+def has_expected(run: dict[str, Any]) -> bool:
+    return any(r is not None for r in run.get("expected_reward", []))
+
+
+def settled(run: dict[str, Any], key: str = "reward") -> float:
+    """The reward the run settles at: the mean over its last FINAL_STEPS steps."""
+    tail = [r for r in run[key][-FINAL_STEPS:] if r is not None]
+    return statistics.fmean(tail)
+
+
+def law(run: dict[str, Any], smooth: int, key: str = "reward") -> dict[str, Any]:
+    fit = fit_law(_points(run, key), smooth=smooth)
     return fit.model_dump(include={"a", "b", "r2", "ceiling", "ceiling_low", "ceiling_high"})
 
 
-def early_fit(run: dict[str, Any]) -> dict[str, Any]:
+def early_fit(run: dict[str, Any], key: str = "reward") -> dict[str, Any]:
     """The paper's test: the law fitted on the first 36 steps, scored on every later step."""
-    record = track_record(_points(run))
+    record = track_record(_points(run, key))
     return record.model_dump(include={"fit_steps", "ceiling", "predicted", "rmse", "relative_rmse"})
 
 
@@ -262,6 +281,12 @@ def summarise(runs: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
             "reward_reached": [summarise_run(r)["final_reward"] for r in base],
             "early_fit": [early_fit(r) for r in base],
         }
+        if all(has_expected(r) for r in base):
+            out["law"] |= {
+                "per_seed_expected": [law(r, 1, "expected_reward") for r in base],
+                "expected_reached": [settled(r, "expected_reward") for r in base],
+                "early_fit_expected": [early_fit(r, "expected_reward") for r in base],
+            }
     switched = sorted({r["method"] for r in runs if SWITCH in r["method"]}, key=_switch_step)
     if switched and "vanilla" in by:
         out["switch"] = [
@@ -323,9 +348,15 @@ def report(
             )
     if "law" in summary:
         lw = summary["law"]
-        for key in ("per_seed_smooth1", f"per_seed_smooth{LAW_SMOOTH}"):
-            for seed, f, reached in zip(seeds, lw[key], lw["reward_reached"], strict=True):
-                name = f"law on baseline seed {seed} ({key.removeprefix('per_seed_')})"
+        fits = [
+            (key.removeprefix("per_seed_"), lw[key], lw["reward_reached"])
+            for key in ("per_seed_smooth1", f"per_seed_smooth{LAW_SMOOTH}")
+        ]
+        if "per_seed_expected" in lw:
+            fits.append(("exact expected reward", lw["per_seed_expected"], lw["expected_reached"]))
+        for label, per_seed, reached_by_seed in fits:
+            for seed, f, reached in zip(seeds, per_seed, reached_by_seed, strict=True):
+                name = f"law on baseline seed {seed} ({label})"
                 if f["r2"] is None:
                     lines.append(f"{name}: not enough data")
                     continue
@@ -336,13 +367,17 @@ def report(
                     f"{f['ceiling_high']:.3f}] vs reached {reached:.3f} "
                     f"({'inside' if inside else 'outside'})"
                 )
-        for seed, e in zip(seeds, lw["early_fit"], strict=True):
-            if e["relative_rmse"] is not None:
-                lines.append(
-                    f"law fitted on baseline seed {seed}'s first {e['fit_steps']} steps, "
-                    f"predicting the next {e['predicted']}: RMSE {e['rmse']:.4f}, relative "
-                    f"{e['relative_rmse']:.1%}, ceiling {e['ceiling']:.3f}"
-                )
+        early = [("", lw["early_fit"])]
+        if "early_fit_expected" in lw:
+            early.append((" (exact expected reward)", lw["early_fit_expected"]))
+        for label, records in early:
+            for seed, e in zip(seeds, records, strict=True):
+                if e["relative_rmse"] is not None:
+                    lines.append(
+                        f"law fitted on baseline seed {seed}'s first {e['fit_steps']} steps"
+                        f"{label}, predicting the next {e['predicted']}: RMSE {e['rmse']:.4f}, "
+                        f"relative {e['relative_rmse']:.1%}, ceiling {e['ceiling']:.3f}"
+                    )
     for sw in summary.get("switch", []):
         at, rows = sw["at"], sw["per_seed"]
         to = sw["method"].split(SWITCH)[1].split("@")[0]
@@ -412,10 +447,14 @@ def plot(
     axes[1].legend(loc="upper left", fontsize=8)
     ax = axes[2]
     base = [r for r in runs if r["method"] == "vanilla"]
-    fits = summary.get("law", {}).get(f"per_seed_smooth{LAW_SMOOTH}", [])
+    law_fits = summary.get("law", {})
+    key = "expected_reward" if "per_seed_expected" in law_fits else "reward"
+    fits = law_fits.get("per_seed_expected", law_fits.get(f"per_seed_smooth{LAW_SMOOTH}", []))
     if base and fits and fits[0]["r2"] is not None:
         for r in base:
-            ax.scatter(r["entropy"], r["reward"], s=4, alpha=0.35, color=COLORS["vanilla"])
+            points = [(h, y) for h, y in zip(r["entropy"], r[key], strict=True) if y is not None]
+            ax.scatter(*zip(*points, strict=True), s=4 if key == "reward" else 9, alpha=0.35,
+                       color=COLORS["vanilla"])  # fmt: skip
         f = fits[0]
         hs = torch.linspace(0, max(max(r["entropy"]) for r in base), 100)
         ax.plot(hs, -f["a"] * hs.exp() + f["b"], color="black",
@@ -424,7 +463,11 @@ def plot(
         ax.axhline(f["ceiling"], color="black", linestyle=":", linewidth=1,
                    label=f"predicted ceiling {f['ceiling']:.2f}")  # fmt: skip
         ax.legend(loc="upper right", fontsize=8)
-    ax.set(xlabel="policy entropy H", ylabel="reward R", title="Baseline: R = -a exp(H) + b")
+    if key == "expected_reward":
+        ax.set_ylabel(f"exact expected reward R, every {_every(base[0])} steps")
+    else:
+        ax.set_ylabel("reward R")
+    ax.set(xlabel="policy entropy H", title="Baseline: R = -a exp(H) + b")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -442,8 +485,12 @@ def _rounded(value: Any, digits: int = 5) -> Any:
     return value
 
 
-def _number(text: str) -> int | float:
-    return float(text) if any(c in text for c in ".e") else int(text)
+def _number(text: str) -> int | float | str:
+    """A --set value: a number where it reads as one, else the text (e.g. targets=random)."""
+    try:
+        return float(text) if any(c in text for c in ".e") else int(text)
+    except ValueError:
+        return text
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -44,7 +44,8 @@ class Testbed:
             f"{pre.aim}, errors {pre.error_rate}); RL on {cfg.pool} prompts, "
             f"{cfg.prompts_per_step} prompts x {cfg.group_size} answers x "
             f"{cfg.response_length} tokens = {cfg.tokens_per_step} tokens/step, "
-            f"{cfg.mini_batches} updates/rollout, lr {cfg.lr}"
+            f"{cfg.mini_batches} updates/rollout, lr {cfg.lr}, gradient norm clipped at "
+            f"{cfg.max_grad_norm}; exact expected reward on the pool every {cfg.eval_every} steps"
         )
 
 
@@ -79,7 +80,7 @@ def load(name: str) -> Testbed:
             clip_cov_ratio=grpo.LM_CLIP_COV_RATIO,
             kl_cov_ratio=grpo.LM_KL_COV_RATIO,
             ratio_note="scaled to the LM testbed's 1,536-token mini-batches (the paper's 2e-4 / "
-            "2e-3, x10, would select 1 and 3 tokens)",
+            "2e-3, x100 as in the toy, would select 1 and 3 tokens)",
             tokenizer=task.TraceTokenizer,
             reward_label="reward (valid trace reaching the target)",
             prepare=lambda cfg: _pretrained(pretrain, cfg),

@@ -250,6 +250,7 @@ def grpo_update(
     group_size: int,
     mini_batches: int,
     gen: torch.Generator,
+    max_grad_norm: float | None = None,
 ) -> Tensor:
     """One step's updates (both testbeds): mini-batches of whole groups, every loss through
     `mon.policy_loss`. The old log-probs are computed on the same row sets (same shapes, so
@@ -273,6 +274,9 @@ def grpo_update(
         )  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if max_grad_norm is not None:  # as verl's actor (grad_clip); a 0-d tensor, no host read
+            params = [p for group in opt.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         opt.step()
         entropy_sum += entropy.sum()
     return entropy_sum

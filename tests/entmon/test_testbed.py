@@ -19,9 +19,11 @@ from entmon.demo.testbed.task import (
     PROMPT_LEN,
     PromptPool,
     TraceTokenizer,
+    all_op_sequences,
     demonstrations,
     finals,
     reward,
+    write_traces,
 )
 from tests.conftest import ServerProcess
 
@@ -71,6 +73,28 @@ def test_the_cached_sampler_matches_the_full_forward() -> None:
     assert torch.allclose(full, torch.cat(steps, dim=1), atol=1e-5)
 
 
+def test_the_exact_expected_reward_is_the_probability_of_every_rewarded_answer() -> None:
+    """Brute force over the 16 error-free traces of each prompt, scored by `reward` itself."""
+    torch.manual_seed(0)
+    model = TraceLM(ModelConfig(d_model=16, n_layers=2, n_heads=2)).eval()
+    prompts = PromptPool(6, seed=0).prompts
+    ops = all_op_sequences().bool()
+    expected = []
+    for prompt in prompts:
+        numbers = prompt[:5].expand(16, -1)
+        none = torch.zeros(16, 4, dtype=torch.bool)
+        traces = write_traces(numbers, ops, none, torch.zeros(16, 4, dtype=torch.long))
+        many = prompt.expand(16, -1)
+        with torch.no_grad():
+            log_p = model.answer_logits(many, traces).log_softmax(-1)
+        p = log_p.gather(-1, traces.unsqueeze(-1)).squeeze(-1).sum(-1).exp()
+        expected.append(float((p * reward(many, traces)).sum()))
+    got = model.expected_reward(prompts)
+    assert got.shape == (6,)
+    assert got.tolist() == pytest.approx(expected, rel=1e-5)
+    assert all(0 < e < 1 for e in expected)  # every prompt has a rewarded trace
+
+
 def test_pretraining_is_seeded_and_cached_by_config(tmp_path: Path) -> None:
     first = load_pretrained(TINY, tmp_path)
     files = list(tmp_path.glob("testbed-lm-*.pt"))
@@ -94,6 +118,8 @@ def test_grpo_steps_report_finite_statistics_to_the_monitor(
     with Monitor(run="lm", url=server.url, tokenizer=TraceTokenizer(), spool_dir=tmp_path) as mon:
         records = train(cfg, mon)
     assert [r.step for r in records] == [0, 1]
+    # the exact expected reward is measured every `eval_every` (3) steps: step 0 only
+    assert 0 < records[0].extra["expected_reward"] < 1 and records[1].extra == {}
     assert all(0 < r.entropy <= math.log(16) + 1e-6 for r in records)
     r = httpx.get(f"{server.url}/v1/runs/lm/steps")
     steps = r.json()["steps"]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from entmon.demo.testbed.task import ANSWER_LEN, PROMPT_LEN, VOCAB
+from entmon.demo.testbed.task import ANSWER_LEN, PROMPT_LEN, VOCAB, reaching_traces
 from entmon.demo.toy import Block
 
 MAX_LEN = PROMPT_LEN + ANSWER_LEN  # positions ever seen
@@ -44,6 +44,18 @@ class TraceLM(nn.Module):
         """Logits of each answer token given the prompt and the answer tokens before it."""
         seq = torch.cat([prompts, answers[:, :-1]], dim=1)  # B, P + A - 1
         return self(seq)[:, prompts.shape[1] - 1 :]  # B, A, VOCAB
+
+    @torch.no_grad()
+    def expected_reward(self, prompts: Tensor) -> Tensor:
+        """Each prompt's exact expected reward (B,): the probability of its target-reaching
+        traces, with no sampling noise (the answers that score are few enough to enumerate)."""
+        traces, reach = reaching_traces(prompts)  # B, S, A and B, S
+        which, seq = reach.nonzero(as_tuple=True)  # ~1.6 reaching traces of 16 per prompt
+        answers = traces[which, seq]  # N, A
+        logits = self.answer_logits(prompts[which], answers)
+        log_p = F.log_softmax(logits.float(), dim=-1).gather(-1, answers.unsqueeze(-1))
+        per_trace = log_p.squeeze(-1).sum(-1).exp()  # N
+        return torch.zeros(prompts.shape[0]).index_add_(0, which, per_trace)
 
     @torch.no_grad()
     def sample(self, prompts: Tensor, generator: torch.Generator) -> Tensor:

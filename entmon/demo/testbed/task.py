@@ -14,6 +14,13 @@ The pretraining demonstrations are noisy: their operators are drawn from a biase
 +), only some of them aim at the target, and a few results are miscomputed. So the pretrained
 prior is a language model's: near-certain on the 20 determined tokens, unsure at the 4 forks,
 and a poor solver of the task (which RL then sharpens).
+
+The RL task is a fixed pool of prompts whose targets are drawn like the demonstrations' (the end
+of a uniformly drawn operator sequence), so each prompt is its own problem, as in a math data
+set: RL finds and sharpens, prompt by prompt, operators that reach the target. The reward rises
+as the pool's prompts are solved one by one (a smooth curve over many prompts, not one rule found
+or missed), and the prompts whose answers need operators the prior rarely writes (several -) are
+the ones a collapsed policy stops finding: the ceiling.
 """
 
 from __future__ import annotations
@@ -30,7 +37,6 @@ PROMPT_LEN = NUMBERS + 3  # n1..n5 > t |
 STEP_LEN = 6  # prev op n = s ,
 ANSWER_LEN = STEPS * STEP_LEN
 _TEXT = "0123456789+-=,>|"
-RULE_SUBTRACTS_FROM = 7  # see rule_targets
 
 
 class TraceTokenizer:
@@ -109,24 +115,13 @@ def reward(prompts: Tensor, answers: Tensor) -> Tensor:
     return (ok & (res[:, -1] == target)).float()
 
 
-def rule_targets(numbers: Tensor) -> Tensor:
-    """The RL task's targets: where the trace ends when each step subtracts a digit of 7 or
-    more and adds the others. Any valid trace reaching the target is rewarded, but following
-    this rule is the one strategy that always works, and RL can learn it (the demonstrations
-    never show it: their operators ignore the digits). Always adding is right 70% of the time
-    at each fork: an easy partial solution that sharpening finds first."""
-    plus = numbers[:, 1:] < RULE_SUBTRACTS_FROM
-    sign = torch.where(plus, 1, -1)
-    return (numbers[:, 0] + (sign * numbers[:, 1:]).sum(-1)).remainder(DIGITS)
-
-
 class PromptPool:
     """The fixed prompts RL trains on (seeded), drawn with replacement each step."""
 
     def __init__(self, size: int, seed: int) -> None:
         g = torch.Generator().manual_seed(20_000 + seed)
         numbers = torch.randint(0, DIGITS, (size, NUMBERS), generator=g)
-        self.prompts = make_prompts(numbers, rule_targets(numbers))  # size, PROMPT_LEN
+        self.prompts = make_prompts(numbers, random_targets(numbers, g))  # size, PROMPT_LEN
 
     def draw(self, n: int, generator: torch.Generator) -> Tensor:
         return torch.randint(0, self.prompts.shape[0], (n,), generator=generator)
@@ -158,3 +153,17 @@ def demonstrations(
     wrong = torch.randint(1, DIGITS, (n, STEPS), generator=g)
     answers = write_traces(numbers, plus, errors, wrong)
     return torch.cat([make_prompts(numbers, targets), answers], dim=1)
+
+
+def reaching_traces(prompts: Tensor) -> tuple[Tensor, Tensor]:
+    """Every valid answer to each prompt: the 16 error-free traces, (B, 16, ANSWER_LEN), and
+    whether each ends on the prompt's target, (B, 16). The reward is 1 exactly on those that
+    do, so a model's expected reward is the probability it gives them."""
+    numbers, target = prompts[:, :NUMBERS], prompts[:, NUMBERS + 1]
+    B, S = numbers.shape[0], 2**STEPS
+    ops = all_op_sequences().bool()  # S, STEPS
+    rows = numbers.repeat_interleave(S, dim=0)  # B * S, NUMBERS
+    plus = ops.repeat(B, 1)  # B * S, STEPS
+    none = torch.zeros_like(plus)
+    traces = write_traces(rows, plus, none, torch.zeros(B * S, STEPS, dtype=torch.long))
+    return traces.view(B, S, ANSWER_LEN), finals(numbers) == target.unsqueeze(1)
