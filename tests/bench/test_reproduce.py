@@ -72,9 +72,11 @@ def test_the_lm_testbed_runs_through_the_same_reproduction(
     for run in result["runs"]:
         assert run["tokens"] == [tokens] * 3
         assert all(math.isfinite(h) for h in run["entropy"])
-        if run["method"] == "kl_cov":  # K = floor(2e-2 * 384) in each of the 2 mini-batches
-            assert run["penalised"] == [2 * 7] * 3
-    assert result["knobs"]["kl_cov"]["kl_cov_ratio"] == 0.02
+        if run["method"] == "kl_cov":  # K = floor(0.2 * 384) in each of the 2 mini-batches
+            assert run["penalised"] == [2 * 76] * 3
+        # the exact expected reward every 3 steps: step 0 of 3
+        assert run["expected_reward"][1:] == [None, None] and 0 < run["expected_reward"][0] < 1
+    assert result["knobs"]["kl_cov"]["kl_cov_ratio"] == 0.2
     assert (tmp_path / "reproduce-lm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "reproduce.json").exists()
     out = capsys.readouterr().out

@@ -95,7 +95,7 @@ def test_the_lm_testbed_runs_the_thermostat_bench_into_its_own_files(
 
 
 def test_runs_reused_from_the_reproduction_must_be_the_same_training() -> None:
-    # docs/reproduce-lm.json trained 256 prompts; a run on 8 is another training
+    # docs/reproduce-lm.json trained 64 prompts; a run on 8 is another training
     with pytest.raises(SystemExit, match=r"reproduce-lm\.json is not this training: config pool"):
         thermostat.from_reproduction([0], 3, "lm", {"pool": 8})
     with pytest.raises(SystemExit, match="no runs of seeds \\[7\\]"):

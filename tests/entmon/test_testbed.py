@@ -10,7 +10,7 @@ import httpx
 import pytest
 import torch
 
-from client import Monitor
+from client import Control, Monitor, policy_loss
 from entmon.demo.testbed.grpo import LMConfig, train
 from entmon.demo.testbed.model import ModelConfig, TraceLM
 from entmon.demo.testbed.pretrain import PretrainConfig, load_pretrained, pretrain
@@ -25,6 +25,7 @@ from entmon.demo.testbed.task import (
     reward,
     write_traces,
 )
+from entmon.demo.toy import group_advantages, grpo_update
 from tests.conftest import ServerProcess
 
 TINY = PretrainConfig(model=ModelConfig(d_model=16, n_layers=1, n_heads=2), steps=3, batch=8)
@@ -93,6 +94,48 @@ def test_the_exact_expected_reward_is_the_probability_of_every_rewarded_answer()
     assert got.shape == (6,)
     assert got.tolist() == pytest.approx(expected, rel=1e-5)
     assert all(0 < e < 1 for e in expected)  # every prompt has a rewarded trace
+
+
+class PlainLoss:
+    """The client's loss under a fixed control: `grpo_update` without a monitor."""
+
+    control = Control()
+
+    def policy_loss(
+        self,
+        log_prob: torch.Tensor,
+        old_log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+        entropy: torch.Tensor | None = None,
+        token_ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return policy_loss(log_prob, old_log_prob, advantages, mask, self.control)[0], {}
+
+    def log(self, step: int, **scalars: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 1e-3])
+def test_the_update_clips_the_gradient_norm(max_grad_norm: float | None) -> None:
+    torch.manual_seed(0)
+    model = TraceLM(ModelConfig(d_model=16, n_layers=1, n_heads=2))
+    gen = torch.Generator().manual_seed(0)
+    prompts = PromptPool(4, seed=0).prompts.repeat_interleave(4, dim=0)  # 4 groups of 4
+    answers = model.sample(prompts, gen)
+    rewards = torch.tensor([1.0, 0, 0, 0] * 4)
+    advantages = group_advantages(rewards, 4).unsqueeze(1).expand(-1, ANSWER_LEN)
+    before = torch.cat([p.detach().flatten() for p in model.parameters()])
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)  # the step is the gradient itself
+    grpo_update(
+        PlainLoss(), model, opt, prompts, answers, advantages, torch.ones(16, ANSWER_LEN),
+        prompts_per_step=4, group_size=4, mini_batches=1, gen=gen, max_grad_norm=max_grad_norm,
+    )  # fmt: skip
+    moved = float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
+    if max_grad_norm is None:
+        assert moved > 1e-2
+    else:
+        assert 0 < moved <= max_grad_norm * (1 + 1e-4)
 
 
 def test_pretraining_is_seeded_and_cached_by_config(tmp_path: Path) -> None:
