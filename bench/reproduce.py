@@ -450,18 +450,15 @@ def plot(
     law_fits = summary.get("law", {})
     key = "expected_reward" if "per_seed_expected" in law_fits else "reward"
     fits = law_fits.get("per_seed_expected", law_fits.get(f"per_seed_smooth{LAW_SMOOTH}", []))
-    if base and fits and fits[0]["r2"] is not None:
-        for r in base:
-            points = [(h, y) for h, y in zip(r["entropy"], r[key], strict=True) if y is not None]
-            ax.scatter(*zip(*points, strict=True), s=4 if key == "reward" else 9, alpha=0.35,
-                       color=COLORS["vanilla"])  # fmt: skip
-        f = fits[0]
+    if base and fits and all(f["r2"] is not None for f in fits):
         hs = torch.linspace(0, max(max(r["entropy"]) for r in base), 100)
-        ax.plot(hs, -f["a"] * hs.exp() + f["b"], color="black",
-                label=f"R = -{f['a']:.3f} exp(H) + {f['b']:.3f}  (seed {base[0]['seed']}, "
-                f"R² {f['r2']:.2f})")  # fmt: skip
-        ax.axhline(f["ceiling"], color="black", linestyle=":", linewidth=1,
-                   label=f"predicted ceiling {f['ceiling']:.2f}")  # fmt: skip
+        for r, f, shade in zip(base, fits, ("0.15", "0.45", "0.7"), strict=False):
+            points = [(h, y) for h, y in zip(r["entropy"], r[key], strict=True) if y is not None]
+            ax.scatter(*zip(*points, strict=True), s=4 if key == "reward" else 9, alpha=0.4,
+                       color=shade)  # fmt: skip
+            ax.plot(hs, -f["a"] * hs.exp() + f["b"], color=shade,
+                    label=f"seed {r['seed']}: R = -{f['a']:.2f} exp(H) + {f['b']:.2f}, "
+                    f"R² {f['r2']:.2f}, ceiling {f['ceiling']:.2f}")  # fmt: skip
         ax.legend(loc="upper right", fontsize=8)
     if key == "expected_reward":
         ax.set_ylabel(f"exact expected reward R, every {_every(base[0])} steps")
