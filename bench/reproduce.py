@@ -183,7 +183,7 @@ def summarise_run(run: dict[str, Any]) -> dict[str, float]:
         "start_entropy": start,
         "final_entropy_rel": H[-1] / start,
         "second_half_entropy": statistics.fmean(H[n // 2 :]),
-        "final_reward": statistics.fmean(R[-min(FINAL_STEPS, n) :]),
+        "final_reward": settled(run),
         "start_reward": statistics.fmean(R[:5]),
     }
 
@@ -210,7 +210,7 @@ def has_expected(run: dict[str, Any]) -> bool:
 def settled(run: dict[str, Any], key: str = "reward") -> float:
     """The reward the run settles at: the mean over its last FINAL_STEPS steps."""
     tail = [r for r in run[key][-FINAL_STEPS:] if r is not None]
-    return statistics.fmean(tail)
+    return statistics.fmean(tail) if tail else math.nan
 
 
 def law(run: dict[str, Any], smooth: int, key: str = "reward") -> dict[str, Any]:
@@ -450,14 +450,16 @@ def plot(
     law_fits = summary.get("law", {})
     key = "expected_reward" if "per_seed_expected" in law_fits else "reward"
     fits = law_fits.get("per_seed_expected", law_fits.get(f"per_seed_smooth{LAW_SMOOTH}", []))
-    if base and fits and all(f["r2"] is not None for f in fits):
+    fitted = [(r, f) for r, f in zip(base, fits, strict=True) if f["r2"] is not None]
+    if fitted:  # a seed with too few steps for a fit is left out
         hs = torch.linspace(0, max(max(r["entropy"]) for r in base), 100)
-        for r, f, shade in zip(base, fits, ("0.15", "0.45", "0.7"), strict=False):
+        shades = [str(0.15 + 0.55 * i / max(1, len(fitted) - 1)) for i in range(len(fitted))]
+        for (r, f), shade in zip(fitted, shades, strict=True):
             points = [(h, y) for h, y in zip(r["entropy"], r[key], strict=True) if y is not None]
             ax.scatter(*zip(*points, strict=True), s=4 if key == "reward" else 9, alpha=0.4,
                        color=shade)  # fmt: skip
             ax.plot(hs, -f["a"] * hs.exp() + f["b"], color=shade,
-                    label=f"seed {r['seed']}: R = -{f['a']:.2f} exp(H) + {f['b']:.2f}, "
+                    label=f"seed {r['seed']}: R = -{f['a']:.3g} exp(H) + {f['b']:.3g}, "
                     f"R² {f['r2']:.2f}, ceiling {f['ceiling']:.2f}")  # fmt: skip
         ax.legend(loc="upper right", fontsize=8)
     if key == "expected_reward":
@@ -482,12 +484,8 @@ def _rounded(value: Any, digits: int = 5) -> Any:
     return value
 
 
-def _number(text: str) -> int | float | str:
-    """A --set value: a number where it reads as one, else the text (e.g. targets=random)."""
-    try:
-        return float(text) if any(c in text for c in ".e") else int(text)
-    except ValueError:
-        return text
+def _number(text: str) -> int | float:
+    return float(text) if any(c in text for c in ".e") else int(text)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -38,14 +38,16 @@ class Testbed:
                 f"lr {cfg.lr}"
             )
         pre = cfg.pretrain
+        clip = f"gradient norm clipped at {cfg.max_grad_norm}" if cfg.max_grad_norm else "unclipped"
+        evals = f"every {cfg.eval_every} steps" if cfg.eval_every else "never"
         return (
             f"lm: {pre.model.n_layers}-layer d={pre.model.d_model} transformer pretrained "
             f"{pre.steps} steps x {pre.batch} noisy demonstrations (P(+) {pre.plus_bias}, aimed "
             f"{pre.aim}, errors {pre.error_rate}); RL on {cfg.pool} prompts, "
             f"{cfg.prompts_per_step} prompts x {cfg.group_size} answers x "
             f"{cfg.response_length} tokens = {cfg.tokens_per_step} tokens/step, "
-            f"{cfg.mini_batches} updates/rollout, lr {cfg.lr}, gradient norm clipped at "
-            f"{cfg.max_grad_norm}; exact expected reward on the pool every {cfg.eval_every} steps"
+            f"{cfg.mini_batches} updates/rollout, lr {cfg.lr}, {clip}; exact expected reward on "
+            f"the pool {evals}"
         )
 
 
@@ -64,8 +66,8 @@ def load(name: str) -> Testbed:
             train=toy.train,
             clip_cov_ratio=toy.TOY_CLIP_COV_RATIO,
             kl_cov_ratio=toy.TOY_KL_COV_RATIO,
-            ratio_note="scaled to the toy's 512-token mini-batches (the paper's 2e-4 / 2e-3, "
-            "x100, would select 1 token)",
+            ratio_note="x100 for the toy's 512-token mini-batches, where the paper's own 2e-4 / "
+            "2e-3 would select 1 token",
             tokenizer=toy.DigitTokenizer,
             reward_label="reward (digits in place / 4)",
             prepare=lambda cfg: None,
@@ -79,8 +81,8 @@ def load(name: str) -> Testbed:
             train=grpo.train,
             clip_cov_ratio=grpo.LM_CLIP_COV_RATIO,
             kl_cov_ratio=grpo.LM_KL_COV_RATIO,
-            ratio_note="scaled to the LM testbed's 1,536-token mini-batches (the paper's 2e-4 / "
-            "2e-3, x100 as in the toy, would select 1 and 3 tokens)",
+            ratio_note="x100 as in the toy, for the LM testbed's 1,536-token mini-batches, where "
+            "the paper's own 2e-4 / 2e-3 would select 1 and 3 tokens",
             tokenizer=task.TraceTokenizer,
             reward_label="reward (valid trace reaching the target)",
             prepare=lambda cfg: _pretrained(pretrain, cfg),

@@ -75,8 +75,9 @@ def train(
     for step in range(cfg.steps):
         extra = {}
         if cfg.eval_every and step % cfg.eval_every == 0:
-            # the policy's exact expected reward over the whole pool, free of sampling noise:
-            # what the law is fitted on, as the paper fits it on validation accuracy
+            # the policy's exact expected reward over the whole (training) pool, free of
+            # sampling noise: the reproduction fits the law on it, in the part of the paper's
+            # validation accuracy
             extra["expected_reward"] = float(policy.expected_reward(task.prompts).mean())
         t0 = time.perf_counter()
         control = mon.control  # fixed for the whole step: changes apply at `log`

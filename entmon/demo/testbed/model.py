@@ -50,12 +50,12 @@ class TraceLM(nn.Module):
         """Each prompt's exact expected reward (B,): the probability of its target-reaching
         traces, with no sampling noise (the answers that score are few enough to enumerate)."""
         traces, reach = reaching_traces(prompts)  # B, S, A and B, S
-        which, seq = reach.nonzero(as_tuple=True)  # ~1.6 reaching traces of 16 per prompt
+        which, seq = reach.nonzero(as_tuple=True)  # ~4 of the 16 traces reach the target
         answers = traces[which, seq]  # N, A
         logits = self.answer_logits(prompts[which], answers)
         log_p = F.log_softmax(logits.float(), dim=-1).gather(-1, answers.unsqueeze(-1))
         per_trace = log_p.squeeze(-1).sum(-1).exp()  # N
-        return torch.zeros(prompts.shape[0]).index_add_(0, which, per_trace)
+        return per_trace.new_zeros(prompts.shape[0]).index_add_(0, which, per_trace)
 
     @torch.no_grad()
     def sample(self, prompts: Tensor, generator: torch.Generator) -> Tensor:

@@ -20,7 +20,7 @@ of a uniformly drawn operator sequence), so each prompt is its own problem, as i
 set: RL finds and sharpens, prompt by prompt, operators that reach the target. The reward rises
 as the pool's prompts are solved one by one (a smooth curve over many prompts, not one rule found
 or missed), and the prompts whose answers need operators the prior rarely writes (several -) are
-the ones a collapsed policy stops finding: the ceiling.
+the least likely to be found before the policy collapses: the ceiling.
 """
 
 from __future__ import annotations
