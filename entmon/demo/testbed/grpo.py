@@ -76,8 +76,8 @@ def train(
         extra = {}
         if cfg.eval_every and step % cfg.eval_every == 0:
             # the policy's exact expected reward over the whole (training) pool, free of
-            # sampling noise: the reproduction fits the law on it, in the part of the paper's
-            # validation accuracy
+            # sampling noise: the reproduction fits the law on it, playing the part of the
+            # paper's validation accuracy
             extra["expected_reward"] = float(policy.expected_reward(task.prompts).mean())
         t0 = time.perf_counter()
         control = mon.control  # fixed for the whole step: changes apply at `log`
