@@ -71,11 +71,12 @@ class Plant:
         wait until the thermostat decided it (when running), apply the newest control
         answered, and let the entropy respond to the control the step ran."""
         body = self.report(entropy)
+        posted_at = time.time()  # the service's clock too: the same machine
         answers = [self.post(url, body) for url in self.urls]
         self.history.append((self.step, self.entropy, self.control["version"]))
         ran = self.acting()
         if wait:
-            wait_decided(self.urls[0], self.run, self.step, self.http)
+            wait_decided(self.urls[0], self.run, self.step, self.http, posted_at)
         newest = max((a["control"] for a in answers), key=lambda c: c["version"])
         if newest["version"] > self.control["version"]:
             self.control = newest
@@ -90,12 +91,24 @@ def thermostat(url: str, run: str, http: httpx.Client | None = None) -> dict[str
     return body
 
 
-def wait_decided(url: str, run: str, step: int, http: httpx.Client | None = None) -> dict[str, Any]:
-    """The thermostat once it has decided `step` (or stopped running)."""
+def wait_decided(
+    url: str,
+    run: str,
+    step: int,
+    http: httpx.Client | None = None,
+    posted_at: float | None = None,
+) -> dict[str, Any]:
+    """The thermostat once it has decided `step` (or stopped running). A step posted (at
+    `posted_at`) before the thermostat was last changed, e.g. enabled by a person while the run
+    goes on, may never be decided: the service notes a step only if its thermostat was running
+    when the step was ingested, and the next step is decided instead."""
     deadline = time.monotonic() + DECISION_DEADLINE_S
     while True:
         t = thermostat(url, run, http)
         if t["status"] != "running" or (t["last_step"] is not None and t["last_step"] >= step):
+            return t
+        changed = max((c["when"] for c in t["changes"]), default=None)
+        if posted_at is not None and changed is not None and changed > posted_at:
             return t
         if time.monotonic() > deadline:
             raise AssertionError(f"step {step} not decided: {t}")
