@@ -10,7 +10,8 @@ import httpx
 import pytest
 import torch
 
-from client import Control, Monitor, policy_loss
+from bench.reproduce import OfflineMonitor
+from client import Control, Monitor
 from entmon.demo.testbed.grpo import LMConfig, train
 from entmon.demo.testbed.model import ModelConfig, TraceLM
 from entmon.demo.testbed.pretrain import PretrainConfig, load_pretrained, pretrain
@@ -96,26 +97,6 @@ def test_the_exact_expected_reward_is_the_probability_of_every_rewarded_answer()
     assert all(0 < e < 1 for e in expected)  # every prompt has a rewarded trace
 
 
-class PlainLoss:
-    """The client's loss under a fixed control: `grpo_update` without a monitor."""
-
-    control = Control()
-
-    def policy_loss(
-        self,
-        log_prob: torch.Tensor,
-        old_log_prob: torch.Tensor,
-        advantages: torch.Tensor,
-        mask: torch.Tensor,
-        entropy: torch.Tensor | None = None,
-        token_ids: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return policy_loss(log_prob, old_log_prob, advantages, mask, self.control)[0], {}
-
-    def log(self, step: int, **scalars: object) -> None:
-        pass
-
-
 @pytest.mark.parametrize("max_grad_norm", [None, 1e-3])
 def test_the_update_clips_the_gradient_norm(max_grad_norm: float | None) -> None:
     torch.manual_seed(0)
@@ -127,8 +108,9 @@ def test_the_update_clips_the_gradient_norm(max_grad_norm: float | None) -> None
     advantages = group_advantages(rewards, 4).unsqueeze(1).expand(-1, ANSWER_LEN)
     before = torch.cat([p.detach().flatten() for p in model.parameters()])
     opt = torch.optim.SGD(model.parameters(), lr=1.0)  # the step is the gradient itself
+    mon = OfflineMonitor(Control())  # the client's loss under a fixed control, no server
     grpo_update(
-        PlainLoss(), model, opt, prompts, answers, advantages, torch.ones(16, ANSWER_LEN),
+        mon, model, opt, prompts, answers, advantages, torch.ones(16, ANSWER_LEN),
         prompts_per_step=4, group_size=4, mini_batches=1, gen=gen, max_grad_norm=max_grad_norm,
     )  # fmt: skip
     moved = float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
